@@ -1,0 +1,60 @@
+"""A CLIP byte-pair tokenizer built locally from a word list (no hub access).
+
+The vocabulary holds CLIP's 256 byte symbols, the same with the end-of-word marker, one merge
+chain per word (so each word becomes a single token) and the two special tokens. Any text still
+tokenises: unknown words fall back to characters.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from transformers import CLIPTokenizer
+
+
+def _byte_symbols() -> list[str]:
+    """CLIP/GPT-2's reversible byte -> printable unicode table, in CLIP's order."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return [chr(c) for c in cs]
+
+
+def vocab_and_merges(words: list[str]) -> tuple[dict[str, int], list[str]]:
+    """Vocabulary and merge rules that turn every word of ``words`` into one token."""
+    symbols = _byte_symbols()
+    vocab_list = symbols + [s + "</w>" for s in symbols]
+    merges: list[str] = []
+    for word in dict.fromkeys(w.lower() for w in words):
+        parts = list(word[:-1]) + [word[-1] + "</w>"]
+        while len(parts) > 1:
+            a, b = parts[0], parts[1]
+            rule = f"{a} {b}"
+            if rule not in merges:
+                merges.append(rule)
+                vocab_list.append(a + b)
+            parts = [a + b] + parts[2:]
+    vocab_list += ["<|startoftext|>", "<|endoftext|>"]
+    vocab = {}
+    for tok in vocab_list:
+        vocab.setdefault(tok, len(vocab))
+    return vocab, merges
+
+
+def build_tokenizer(words: list[str], model_max_length: int = 32, save_dir: str | Path | None = None) -> CLIPTokenizer:
+    """A CLIPTokenizer whose vocabulary covers ``words`` as whole tokens."""
+    vocab, merges = vocab_and_merges(words)
+    if save_dir is not None:  # the classic slow-tokenizer files, loadable by any transformers version
+        save_dir = Path(save_dir)
+        save_dir.mkdir(parents=True, exist_ok=True)
+        (save_dir / "vocab.json").write_text(json.dumps(vocab))
+        (save_dir / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
+    tok = CLIPTokenizer(vocab=vocab, merges=[tuple(m.split(" ")) for m in merges], model_max_length=model_max_length)
+    if save_dir is not None:
+        tok.save_pretrained(save_dir)
+    return tok

@@ -1,0 +1,221 @@
+"""Train the toy text-to-image model from scratch (``make toy-model``).
+
+Stages, each resumable from atomic checkpoints in ``work_dir``:
+1. render the training scenes (deterministic from the seed);
+2. train the VAE (reconstruction + a tiny KL term);
+3. encode every scene once; set the latent scaling factor to 1 / std(latents);
+4. train the UNet and the CLIP text encoder jointly on eps-prediction (caption dropout for CFG),
+   keeping an exponential moving average of both;
+5. save a ``StableDiffusionPipeline`` directory with the configs that made it.
+
+Batches are drawn from a generator seeded by (seed, step), so a resumed run sees exactly the
+batches an uninterrupted run would.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from .architecture import ToyArchitecture, build_schedulers, build_text_encoder, build_unet, build_vae
+from .tokenizer import build_tokenizer
+from .world import WorldConfig, sample_scene, training_caption, vocabulary
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    seed: int = 0
+    n_scenes: int = 20000
+    vae_steps: int = 1000
+    vae_batch: int = 16
+    vae_lr: float = 1e-3
+    kl_weight: float = 1e-6
+    unet_steps: int = 4000
+    batch: int = 32
+    lr: float = 3e-4
+    ema_decay: float = 0.999
+    checkpoint_every: int = 250
+    threads: int = 2
+
+
+def atomic_save(obj, path: Path) -> None:
+    """torch.save to a temporary file, then rename (never a half-written checkpoint)."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _step_generator(seed: int, stage: int, step: int) -> np.random.Generator:
+    return np.random.default_rng([seed, stage, step])
+
+
+def render_training_set(world: WorldConfig, n: int, seed: int) -> tuple[np.ndarray, list[list[str]]]:
+    rng = np.random.default_rng([seed, 0])
+    images = np.empty((n, world.image_size, world.image_size, 3), dtype=np.uint8)
+    scenes_classes = []
+    for i in tqdm(range(n), desc="render training scenes"):
+        s = sample_scene(world, rng)
+        images[i] = s.image
+        scenes_classes.append(s.classes)
+    return images, scenes_classes
+
+
+def to_tensor(images_nhwc: np.ndarray) -> torch.Tensor:
+    """uint8 (N, H, W, 3) -> float (N, 3, H, W) in [-1, 1]."""
+    return torch.from_numpy(images_nhwc).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+
+
+def _ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+    with torch.no_grad():
+        for pe, pm in zip(ema.parameters(), model.parameters()):
+            pe.lerp_(pm, 1.0 - decay)
+
+
+def train(out_dir: str | Path = "data/toy-sd", work_dir: str | Path = ".cache/toy-train",
+          cfg: TrainConfig = TrainConfig(), world: WorldConfig = WorldConfig(),
+          arch: ToyArchitecture = ToyArchitecture()) -> Path:
+    out_dir, work_dir = Path(out_dir), Path(work_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(cfg.threads)
+    t_start = time.time()
+    meta_path = work_dir / "meta.json"
+    meta = {"train": dataclasses.asdict(cfg), "world": dataclasses.asdict(world), "arch": arch.to_dict()}
+    if meta_path.exists() and json.loads(meta_path.read_text()) != json.loads(json.dumps(meta)):
+        raise ValueError(f"{work_dir} holds checkpoints of a different configuration; remove it or pick another --work-dir")
+    meta_path.write_text(json.dumps(meta, indent=2))
+
+    tokenizer = build_tokenizer(vocabulary(), model_max_length=arch.max_length)
+    images, scene_classes = render_training_set(world, cfg.n_scenes, cfg.seed)
+    x_all = to_tensor(images)
+
+    # ---- VAE -------------------------------------------------------------------------------
+    torch.manual_seed(cfg.seed)
+    vae = build_vae(arch)
+    vae_opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr)
+    vae_ckpt = work_dir / "vae.pt"
+    start = 0
+    if vae_ckpt.exists():
+        st = torch.load(vae_ckpt, weights_only=False)
+        vae.load_state_dict(st["model"]); vae_opt.load_state_dict(st["opt"]); start = st["step"]
+    bar = tqdm(range(start, cfg.vae_steps), desc="train VAE", initial=start, total=cfg.vae_steps)
+    for step in bar:
+        g = _step_generator(cfg.seed, 1, step)
+        idx = torch.from_numpy(g.choice(cfg.n_scenes, cfg.vae_batch, replace=False))
+        x = x_all[idx]
+        torch.manual_seed(cfg.seed * 100003 + step)
+        post = vae.encode(x).latent_dist
+        rec = vae.decode(post.sample()).sample
+        loss = F.mse_loss(rec, x) + 0.5 * F.l1_loss(rec, x) + cfg.kl_weight * post.kl().mean()
+        for pg in vae_opt.param_groups:  # cosine decay
+            pg["lr"] = cfg.vae_lr * 0.5 * (1 + np.cos(np.pi * step / cfg.vae_steps))
+        vae_opt.zero_grad(); loss.backward(); vae_opt.step()
+        bar.set_postfix(loss=f"{loss.item():.4f}")
+        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.vae_steps:
+            atomic_save({"model": vae.state_dict(), "opt": vae_opt.state_dict(), "step": step + 1}, vae_ckpt)
+    vae.eval().requires_grad_(False)
+
+    # ---- latents ---------------------------------------------------------------------------
+    lat_path = work_dir / "latents.pt"
+    if lat_path.exists():
+        lat = torch.load(lat_path)
+    else:
+        means, stds = [], []
+        for i in tqdm(range(0, cfg.n_scenes, 256), desc="encode latents"):
+            d = vae.encode(x_all[i:i + 256]).latent_dist
+            means.append(d.mean); stds.append(d.std)
+        lat = {"mean": torch.cat(means), "std": torch.cat(stds)}
+        atomic_save(lat, lat_path)
+    scaling = float(1.0 / lat["mean"].std())
+    vae.register_to_config(scaling_factor=scaling)
+
+    # ---- UNet + text encoder ---------------------------------------------------------------
+    torch.manual_seed(cfg.seed + 1)
+    unet = build_unet(arch)
+    text_encoder = build_text_encoder(arch, tokenizer)
+    ema_unet, ema_text = copy.deepcopy(unet).requires_grad_(False), copy.deepcopy(text_encoder).requires_grad_(False)
+    train_sched, sample_sched = build_schedulers(arch)
+    params = list(unet.parameters()) + list(text_encoder.parameters())
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=1e-2)
+    ckpt = work_dir / "unet.pt"
+    start = 0
+    if ckpt.exists():
+        st = torch.load(ckpt, weights_only=False)
+        unet.load_state_dict(st["unet"]); text_encoder.load_state_dict(st["text"])
+        ema_unet.load_state_dict(st["ema_unet"]); ema_text.load_state_dict(st["ema_text"])
+        opt.load_state_dict(st["opt"]); start = st["step"]
+    losses = []
+    bar = tqdm(range(start, cfg.unet_steps), desc="train UNet + text encoder", initial=start, total=cfg.unet_steps)
+    for step in bar:
+        g = _step_generator(cfg.seed, 2, step)
+        idx = g.choice(cfg.n_scenes, cfg.batch, replace=False)
+        caps = [training_caption(scene_classes[i], world, g) for i in idx]
+        ids = tokenizer(caps, padding="max_length", max_length=arch.max_length, truncation=True,
+                        return_tensors="pt").input_ids
+        tg = torch.Generator().manual_seed(int(g.integers(2**62)))
+        ii = torch.from_numpy(idx)
+        z0 = (lat["mean"][ii] + lat["std"][ii] * torch.randn(lat["mean"][ii].shape, generator=tg)) * scaling
+        eps = torch.randn(z0.shape, generator=tg)
+        t = torch.randint(0, arch.num_train_timesteps, (cfg.batch,), generator=tg)
+        zt = train_sched.add_noise(z0, eps, t)
+        pred = unet(zt, t, text_encoder(ids).last_hidden_state).sample
+        loss = F.mse_loss(pred, eps)
+        warm = min(1.0, (step + 1) / 200)
+        for pg in opt.param_groups:
+            pg["lr"] = cfg.lr * warm * (0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * step / cfg.unet_steps)))
+        opt.zero_grad(); loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        decay = min(cfg.ema_decay, (1 + step) / (10 + step))
+        _ema_update(ema_unet, unet, decay); _ema_update(ema_text, text_encoder, decay)
+        losses.append(loss.item())
+        bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
+        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.unet_steps:
+            atomic_save({"unet": unet.state_dict(), "text": text_encoder.state_dict(), "ema_unet": ema_unet.state_dict(),
+                         "ema_text": ema_text.state_dict(), "opt": opt.state_dict(), "step": step + 1}, ckpt)
+
+    # ---- save the pipeline -----------------------------------------------------------------
+    from diffusers import StableDiffusionPipeline
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=ema_text, tokenizer=tokenizer, unet=ema_unet,
+                                   scheduler=sample_sched, safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
+    tmp_out = out_dir.with_name(out_dir.name + ".tmp")
+    pipe.save_pretrained(tmp_out, safe_serialization=True)
+    (tmp_out / "training.json").write_text(json.dumps({
+        **meta, "latent_scaling_factor": scaling, "elapsed_s_this_run": round(time.time() - t_start, 1),
+        "final_loss_mean_last_100": float(np.mean(losses[-100:])) if losses else None,
+        "recommended": {"elbo_template": "a photo of a {}", "caption_template": "a photo of {}"},
+    }, indent=2))
+    if out_dir.exists():
+        for keep in ("quality.json", "README.md"):
+            if (out_dir / keep).exists():
+                os.replace(out_dir / keep, tmp_out / keep)
+        import shutil
+        shutil.rmtree(out_dir)
+    os.replace(tmp_out, out_dir)
+    return out_dir
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description="Train the toy text-to-image model (resumable).")
+    p.add_argument("--out", default="data/toy-sd")
+    p.add_argument("--work-dir", default=".cache/toy-train")
+    for f in dataclasses.fields(TrainConfig):
+        p.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default)
+    a = p.parse_args(argv)
+    cfg = TrainConfig(**{f.name: getattr(a, f.name) for f in dataclasses.fields(TrainConfig)})
+    out = train(a.out, a.work_dir, cfg)
+    print(f"saved {out}")
+
+
+if __name__ == "__main__":
+    main()
