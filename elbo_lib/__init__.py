@@ -1,0 +1,8 @@
+"""ELBO-T2IAlign: calibrating pixel-text alignment of diffusion models with per-class ELBOs."""
+from .aligner import AlignConfig, Aligner, AlignmentResult, Measurement, finalize
+from .attention import capture_attention
+from .models import load_pipeline, supported_pipelines
+
+__all__ = ["AlignConfig", "Aligner", "AlignmentResult", "Measurement", "finalize", "capture_attention",
+           "load_pipeline", "supported_pipelines"]
+__version__ = "0.1.0"

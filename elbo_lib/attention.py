@@ -1,0 +1,285 @@
+"""Attention capture through diffusers attention processors (Eq. 3: A = softmax(Q K^T / sqrt(d))).
+
+``capture_attention(denoiser, latent_hw)`` installs :class:`CaptureProcessor` (UNet cross/self
+attention) or :class:`JointCaptureProcessor` (SD3 joint attention) on the layers asked for via
+``set_attn_processor``, and restores the original processors on exit. Layers that are not
+captured keep their original (SDPA) processors. Maps are averaged over heads as they are made.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+import torch
+import torch.nn.functional as F
+
+
+def _explicit_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                        mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eq. 3 with the probabilities materialised: returns (out (B,H,Nq,d), probs (B,H,Nq,Nk))."""
+    scale = 1.0 / math.sqrt(query.shape[-1])
+    scores = torch.matmul(query.float(), key.float().transpose(-1, -2)) * scale
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask.float()
+    probs = scores.softmax(dim=-1)
+    out = torch.matmul(probs.to(value.dtype), value)
+    return out, probs
+
+
+@dataclass
+class AttentionStore:
+    """What one forward pass captured.
+
+    cross[name]: (B, Nq, T) cross-attention probabilities averaged over heads, per layer.
+    self_sums[Nq]: (B, Nq, Nq) sum over the self-attention layers with Nq queries; only the finest
+    resolution seen so far is kept (the one used for refinement).
+    """
+
+    latent_hw: tuple[int, int]
+    cross: dict[str, torch.Tensor] = field(default_factory=dict)
+    self_sums: dict[int, torch.Tensor] = field(default_factory=dict)
+    self_counts: dict[int, int] = field(default_factory=dict)
+
+    def add_self(self, probs_bqk: torch.Tensor) -> None:
+        n = probs_bqk.shape[-1]
+        if self.self_sums and n < max(self.self_sums):
+            return
+        if self.self_sums and n > max(self.self_sums):
+            self.self_sums.clear(); self.self_counts.clear()
+        self.self_sums[n] = probs_bqk if n not in self.self_sums else self.self_sums[n] + probs_bqk
+        self.self_counts[n] = self.self_counts.get(n, 0) + 1
+
+    def layer_hw(self, n_tokens: int) -> tuple[int, int]:
+        """Spatial size of a layer with n_tokens queries (same aspect ratio as the latent)."""
+        h, w = self.latent_hw
+        f = math.sqrt(h * w / n_tokens)
+        hl, wl = round(h / f), round(w / f)
+        if hl * wl != n_tokens:
+            raise ValueError(f"cannot map {n_tokens} attention queries onto a {h}x{w} latent grid")
+        return hl, wl
+
+    def self_attention(self) -> torch.Tensor:
+        """(B, Nq, Nq) self-attention averaged over the captured layers of the finest resolution."""
+        if not self.self_sums:
+            raise ValueError("no self-attention was captured")
+        n = max(self.self_sums)
+        return self.self_sums[n] / self.self_counts[n]
+
+
+class CaptureProcessor:
+    """Same computation as diffusers' AttnProcessor2_0, with the probabilities kept.
+
+    Records cross-attention (encoder_hidden_states given) when ``cross`` is set, and
+    self-attention when ``self_attn`` is set and the layer is at the finest resolution."""
+
+    def __init__(self, store: AttentionStore, name: str, cross: bool, self_attn: bool):
+        self.store, self.name, self.cross, self.self_attn = store, name, cross, self_attn
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, *args, **kwargs):
+        residual = hidden_states
+        if attn.spatial_norm is not None:
+            hidden_states = attn.spatial_norm(hidden_states, temb)
+        input_ndim = hidden_states.ndim
+        if input_ndim == 4:
+            batch_size, channel, height, width = hidden_states.shape
+            hidden_states = hidden_states.view(batch_size, channel, height * width).transpose(1, 2)
+        is_cross = encoder_hidden_states is not None
+        batch_size, sequence_length, _ = hidden_states.shape if encoder_hidden_states is None else encoder_hidden_states.shape
+        if attention_mask is not None:
+            attention_mask = attn.prepare_attention_mask(attention_mask, sequence_length, batch_size)
+            attention_mask = attention_mask.view(batch_size, attn.heads, -1, attention_mask.shape[-1])
+        if attn.group_norm is not None:
+            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
+        query = attn.to_q(hidden_states)
+        if encoder_hidden_states is None:
+            encoder_hidden_states = hidden_states
+        elif attn.norm_cross:
+            encoder_hidden_states = attn.norm_encoder_hidden_states(encoder_hidden_states)
+        key = attn.to_k(encoder_hidden_states)
+        value = attn.to_v(encoder_hidden_states)
+        head_dim = key.shape[-1] // attn.heads
+        query = query.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
+        key = key.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
+        value = value.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
+        if attn.norm_q is not None:
+            query = attn.norm_q(query)
+        if attn.norm_k is not None:
+            key = attn.norm_k(key)
+        out, probs = _explicit_attention(query, key, value, attention_mask)
+        if is_cross and self.cross:
+            self.store.cross[self.name] = probs.mean(dim=1)
+        elif not is_cross and self.self_attn:
+            self.store.add_self(probs.mean(dim=1))
+        hidden_states = out.transpose(1, 2).reshape(batch_size, -1, attn.heads * head_dim).to(query.dtype)
+        hidden_states = attn.to_out[0](hidden_states)
+        hidden_states = attn.to_out[1](hidden_states)
+        if input_ndim == 4:
+            hidden_states = hidden_states.transpose(-1, -2).reshape(batch_size, channel, height, width)
+        if attn.residual_connection:
+            hidden_states = hidden_states + residual
+        return hidden_states / attn.rescale_output_factor
+
+
+class JointCaptureProcessor:
+    """Same computation as diffusers' JointAttnProcessor2_0 (SD3 MMDiT), keeping the image->text
+    block of the joint attention matrix as cross-attention and the image->image block as
+    self-attention (both as sliced from the joint softmax, not renormalised)."""
+
+    def __init__(self, store: AttentionStore, name: str, cross: bool, self_attn: bool):
+        self.store, self.name, self.cross, self.self_attn = store, name, cross, self_attn
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, *args, **kwargs):
+        residual = hidden_states
+        batch_size = hidden_states.shape[0]
+        query, key, value = attn.to_q(hidden_states), attn.to_k(hidden_states), attn.to_v(hidden_states)
+        head_dim = key.shape[-1] // attn.heads
+        split = lambda x: x.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)  # noqa: E731
+        query, key, value = split(query), split(key), split(value)
+        if attn.norm_q is not None:
+            query = attn.norm_q(query)
+        if attn.norm_k is not None:
+            key = attn.norm_k(key)
+        n_img = query.shape[2]
+        if encoder_hidden_states is not None:
+            cq = split(attn.add_q_proj(encoder_hidden_states))
+            ck = split(attn.add_k_proj(encoder_hidden_states))
+            cv = split(attn.add_v_proj(encoder_hidden_states))
+            if attn.norm_added_q is not None:
+                cq = attn.norm_added_q(cq)
+            if attn.norm_added_k is not None:
+                ck = attn.norm_added_k(ck)
+            query, key, value = torch.cat([query, cq], 2), torch.cat([key, ck], 2), torch.cat([value, cv], 2)
+        out, probs = _explicit_attention(query, key, value)
+        if encoder_hidden_states is not None and self.cross:
+            self.store.cross[self.name] = probs[:, :, :n_img, n_img:].mean(dim=1)
+        if self.self_attn:
+            self.store.add_self(probs[:, :, :n_img, :n_img].mean(dim=1))
+        hidden_states = out.transpose(1, 2).reshape(batch_size, -1, attn.heads * head_dim).to(query.dtype)
+        if encoder_hidden_states is not None:
+            hidden_states, encoder_hidden_states = hidden_states[:, : residual.shape[1]], hidden_states[:, residual.shape[1]:]
+            if not attn.context_pre_only:
+                encoder_hidden_states = attn.to_add_out(encoder_hidden_states)
+        hidden_states = attn.to_out[0](hidden_states)
+        hidden_states = attn.to_out[1](hidden_states)
+        if encoder_hidden_states is not None:
+            return hidden_states, encoder_hidden_states
+        return hidden_states
+
+
+def is_cross_attention_layer(name: str, joint: bool) -> bool:
+    """UNet cross-attention layers are the transformer blocks' ``attn2``; in MMDiT every joint layer is."""
+    return joint or ".attn2." in name
+
+
+def is_self_attention_layer(name: str, joint: bool) -> bool:
+    return joint or ".attn1." in name
+
+
+@contextlib.contextmanager
+def capture_attention(denoiser: torch.nn.Module, latent_hw: tuple[int, int], *, joint: bool = False,
+                      cross: bool = True, self_attn: bool = True,
+                      layer_filter: Callable[[str], bool] | None = None) -> Iterator[AttentionStore]:
+    """Install capture processors on ``denoiser`` for one or more forward passes; restore on exit.
+
+    ``latent_hw`` is the denoiser's token grid at the finest resolution (latent size / patch size).
+    """
+    original = dict(denoiser.attn_processors)
+    store = AttentionStore(latent_hw=tuple(latent_hw))
+    cls = JointCaptureProcessor if joint else CaptureProcessor
+    new = {}
+    for name, proc in original.items():
+        if layer_filter is not None and not layer_filter(name):
+            new[name] = proc
+            continue
+        want_cross = cross and is_cross_attention_layer(name, joint)
+        want_self = self_attn and is_self_attention_layer(name, joint)
+        new[name] = cls(store, name, want_cross, want_self) if (want_cross or want_self) else proc
+    denoiser.set_attn_processor(new)
+    try:
+        yield store
+    finally:
+        denoiser.set_attn_processor(original)
+
+
+# ---- aggregation over heads (done at capture), layers and resolutions ---------------------------------
+
+def layer_level(name: str) -> str:
+    """'down_blocks.1.attentions.0...' -> 'down1'; 'mid_block...' -> 'mid'; 'up_blocks.2...' -> 'up2';
+    'transformer_blocks.7...' -> 'block7' (MMDiT)."""
+    m = re.match(r"(down|up)_blocks\.(\d+)\.", name)
+    if m:
+        return f"{m.group(1)}{m.group(2)}"
+    if name.startswith("mid_block"):
+        return "mid"
+    m = re.match(r"transformer_blocks\.(\d+)\.", name)
+    if m:
+        return f"block{m.group(1)}"
+    return name
+
+
+LayerWeights = str | dict[str, float] | Callable[[str, int], float]
+
+
+def paper_level_weight(level: str, levels: list[str]) -> float:
+    """The authors' per-level weights [1, 1, 10, 15, 10, 1, 1] (down -> mid -> up), generalised to
+    any depth: 15 at the middle level, 10 next to it, 1 elsewhere."""
+    mid = len(levels) // 2
+    d = abs(levels.index(level) - mid)
+    return 15.0 if d == 0 else 10.0 if d == 1 else 1.0
+
+
+def ordered_levels(names: list[str]) -> list[str]:
+    """Levels in U-Net order: down blocks by index, mid, up blocks by index (MMDiT: block order)."""
+    def key(level: str):
+        if level.startswith("down"):
+            return (0, int(level[4:]))
+        if level == "mid":
+            return (1, 0)
+        if level.startswith("up"):
+            return (2, int(level[2:]))
+        if level.startswith("block"):
+            return (1, int(level[5:]))
+        return (3, 0)
+    return sorted(dict.fromkeys(layer_level(n) for n in names), key=key)
+
+
+def layer_weight(name: str, names: list[str], n_tokens: int, weights: LayerWeights) -> float:
+    if callable(weights):
+        return float(weights(name, n_tokens))
+    level = layer_level(name)
+    if isinstance(weights, dict):
+        return float(weights.get(level, weights.get(name, 0.0)))
+    if weights == "uniform":
+        return 1.0
+    if weights == "paper":
+        return paper_level_weight(level, ordered_levels(names))
+    raise ValueError(f"layer weights must be 'uniform', 'paper', a dict {{level or layer name: weight}} "
+                     f"or a callable(name, n_tokens); got {weights!r}")
+
+
+def aggregate_cross(store: AttentionStore, weights: LayerWeights = "uniform",
+                    out_hw: tuple[int, int] | None = None) -> torch.Tensor:
+    """Cross-attention (B, T, h, w): each layer resized to ``out_hw`` (default: the finest captured
+    layer) and averaged over layers with per-level weights."""
+    if not store.cross:
+        raise ValueError("no cross-attention was captured")
+    names = list(store.cross)
+    if out_hw is None:
+        out_hw = store.layer_hw(max(p.shape[1] for p in store.cross.values()))
+    total, wsum = None, 0.0
+    for name, p_bqt in store.cross.items():
+        w = layer_weight(name, names, p_bqt.shape[1], weights)
+        if w == 0:
+            continue
+        hl, wl = store.layer_hw(p_bqt.shape[1])
+        maps = p_bqt.float().transpose(1, 2).reshape(p_bqt.shape[0], p_bqt.shape[2], hl, wl)
+        if (hl, wl) != tuple(out_hw):
+            maps = F.interpolate(maps, size=out_hw, mode="bilinear", align_corners=False)
+        total = maps * w if total is None else total + maps * w
+        wsum += w
+    if total is None:
+        raise ValueError(f"every captured layer got weight 0 under {weights!r}; levels: {ordered_levels(names)}")
+    return total / wsum

@@ -1,0 +1,63 @@
+"""Pipeline adapters and loading."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from .base import OBJECTIVES, PipelineAdapter, TextCondition, adapter_for, supported_pipelines, to_pil_rgb
+from .sd3 import StableDiffusion3Adapter
+from .stable_diffusion import StableDiffusionAdapter, StableDiffusionXLAdapter
+
+__all__ = ["OBJECTIVES", "PipelineAdapter", "TextCondition", "adapter_for", "supported_pipelines", "to_pil_rgb",
+           "load_pipeline", "model_hints", "default_device_dtype", "StableDiffusionAdapter",
+           "StableDiffusionXLAdapter", "StableDiffusion3Adapter"]
+
+
+def default_device_dtype(device: str | None = None, dtype: torch.dtype | None = None) -> tuple[str, torch.dtype]:
+    """CUDA -> fp16 (bf16 where supported and fp16 is not asked for); CPU -> fp32."""
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if dtype is None:
+        dtype = torch.float16 if str(device).startswith("cuda") else torch.float32
+    return device, dtype
+
+
+def load_pipeline(model: str | os.PathLike = "data/toy-sd", device: str | None = None,
+                  dtype: torch.dtype | None = None, **kwargs):
+    """Load a diffusers text-to-image pipeline from a local directory or a hub id.
+
+    Device and dtype default to CUDA + fp16 when available, else CPU + fp32. Missing weights give
+    an error that says how to obtain them (this machine may be offline)."""
+    from diffusers import DiffusionPipeline
+
+    device, dtype = default_device_dtype(device, dtype)
+    path = Path(model)
+    if path.exists() and not (path / "model_index.json").exists():
+        raise FileNotFoundError(f"{path} exists but has no model_index.json; it is not a diffusers pipeline directory")
+    if not path.exists() and (str(model).startswith((".", "/")) or os.sep in str(model) and str(model).count("/") > 1):
+        raise FileNotFoundError(f"no pipeline directory at {path}; for the toy model run `make toy-model`, "
+                                "for hub models pass an id such as 'stabilityai/stable-diffusion-2-1-base'")
+    try:
+        pipe = DiffusionPipeline.from_pretrained(str(model), torch_dtype=dtype, **kwargs)
+    except (OSError, ValueError) as e:
+        if path.exists():
+            raise
+        raise FileNotFoundError(
+            f"could not load {model!r}: its weights are not in the local Hugging Face cache and the hub cannot be "
+            f"reached (HF_HUB_OFFLINE={os.environ.get('HF_HUB_OFFLINE', '0')}). On a machine with internet access run "
+            f"`huggingface-cli download {model}` (accepting the model's licence on the hub first if it is gated), "
+            f"or pass a local directory.") from e
+    adapter_for(pipe)  # unsupported families fail here, with the supported list
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device)
+
+
+def model_hints(pipe) -> dict:
+    """Prompt templates recommended by a model directory's training.json (the toy model), else {}."""
+    root = getattr(getattr(pipe, "config", None), "_name_or_path", None)
+    if root and (Path(root) / "training.json").exists():
+        return json.loads((Path(root) / "training.json").read_text()).get("recommended", {})
+    return {}

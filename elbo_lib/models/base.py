@@ -1,0 +1,186 @@
+"""What the method needs from a text-to-image pipeline, in one interface.
+
+An adapter knows how to encode an image to the denoiser's latent x0, encode prompts, noise
+x0 at a continuous time t in [0, 1] (Eq. 2: z_t = alpha_t x0 + sigma_t eps), call the denoiser,
+and which quantity the denoiser predicts (its objective, Table I). Adding a family (FLUX,
+PixArt, ...) is one new subclass registered with :func:`register`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+import torch
+from PIL import Image
+
+OBJECTIVES = ("epsilon", "v_prediction", "sample", "flow")
+
+
+@dataclass
+class TextCondition:
+    """Encoded prompts: ``embeds`` (P, L, D) plus extra denoiser inputs with a leading P axis."""
+
+    embeds: torch.Tensor
+    extra: dict[str, torch.Tensor]
+
+    def __len__(self) -> int:
+        return self.embeds.shape[0]
+
+    def index(self, idx: torch.Tensor) -> "TextCondition":
+        return TextCondition(self.embeds[idx], {k: v[idx] for k, v in self.extra.items()})
+
+
+class PipelineAdapter:
+    """Base adapter; subclasses set ``pipeline_classes`` and implement the abstract methods."""
+
+    pipeline_classes: ClassVar[tuple[str, ...]] = ()
+    family: ClassVar[str] = "base"
+    joint_attention: ClassVar[bool] = False  # MMDiT: image and text tokens in one attention
+    patch_size: int = 1
+
+    def __init__(self, pipe):
+        self.pipe = pipe
+
+    # ---- properties ---------------------------------------------------------------------------
+    @property
+    def denoiser(self) -> torch.nn.Module:
+        raise NotImplementedError
+
+    @property
+    def tokenizer(self):
+        """The tokenizer whose token positions index the cross-attention keys."""
+        return self.pipe.tokenizer
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.denoiser.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.denoiser.parameters()).dtype
+
+    @property
+    def objective(self) -> str:
+        raise NotImplementedError
+
+    @property
+    def resolution(self) -> tuple[int, int]:
+        """Native image size (H, W) the pipeline generates by default."""
+        s = self.denoiser.config.sample_size * self.pipe.vae_scale_factor
+        return (s, s)
+
+    @property
+    def token_offset(self) -> int:
+        """Index of the tokenizer's first token among the attention's text keys."""
+        return 0
+
+    # ---- images ---------------------------------------------------------------------------------
+    def preprocess(self, image, resolution: tuple[int, int] | None = None) -> torch.Tensor:
+        """PIL / numpy (H, W[, C]) uint8 or float in [0, 1] / torch (C, H, W) -> (1, 3, H', W') in [-1, 1]
+        at the model's resolution (grey -> RGB, alpha dropped)."""
+        pil = to_pil_rgb(image)
+        h, w = resolution or self.resolution
+        if pil.size != (w, h):
+            pil = pil.resize((w, h), Image.BICUBIC)
+        x = torch.from_numpy(np.asarray(pil, dtype=np.float32) / 127.5 - 1.0).permute(2, 0, 1)[None]
+        return x.to(self.device, self.vae_dtype)
+
+    @property
+    def vae_dtype(self) -> torch.dtype:
+        return next(self.pipe.vae.parameters()).dtype
+
+    @torch.no_grad()
+    def encode_image(self, x: torch.Tensor) -> torch.Tensor:
+        """x (1, 3, H, W) in [-1, 1] -> x0 latent (1, C, h, w): the posterior mean, scaled (and shifted)."""
+        vae = self.pipe.vae
+        z = vae.encode(x.to(self.vae_dtype)).latent_dist.mean
+        shift = getattr(vae.config, "shift_factor", None) or 0.0
+        return ((z - shift) * vae.config.scaling_factor).to(self.dtype)
+
+    # ---- noise schedule (Eq. 2) -------------------------------------------------------------------
+    def alpha_sigma(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def model_timestep(self, t: torch.Tensor) -> torch.Tensor:
+        """Continuous t in [0, 1] -> the value the denoiser takes as its timestep input."""
+        raise NotImplementedError
+
+    def target(self, x0: torch.Tensor, eps: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """What the denoiser is trained to predict at z_t (Table I)."""
+        a, s = (v.view(-1, *[1] * (x0.ndim - 1)) for v in self.alpha_sigma(t))
+        obj = self.objective
+        if obj == "epsilon":
+            return eps + torch.zeros_like(x0)  # broadcast to the common shape
+        if obj == "v_prediction":
+            return a * eps - s * x0
+        if obj == "sample":
+            return x0 + torch.zeros_like(eps)
+        if obj == "flow":
+            return eps - x0
+        raise ValueError(f"unknown objective {obj!r}; known: {OBJECTIVES}")
+
+    # ---- text and denoiser -------------------------------------------------------------------------
+    def encode_text(self, prompts: list[str]) -> TextCondition:
+        raise NotImplementedError
+
+    def predict(self, z_t: torch.Tensor, t: torch.Tensor, cond: TextCondition) -> torch.Tensor:
+        raise NotImplementedError
+
+
+def to_pil_rgb(image) -> Image.Image:
+    """Accept PIL images, numpy arrays and torch tensors; return an RGB PIL image or raise."""
+    if isinstance(image, (str,)):
+        raise TypeError(f"expected an image (PIL.Image, numpy array or torch tensor), got the string {image!r}; "
+                        "open it first, e.g. PIL.Image.open(path)")
+    if isinstance(image, torch.Tensor):
+        t = image.detach().cpu()
+        if t.ndim == 3 and t.shape[0] in (1, 3, 4) and t.shape[-1] not in (1, 3, 4):
+            t = t.permute(1, 2, 0)
+        image = t.numpy()
+    if isinstance(image, np.ndarray):
+        a = image
+        if a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[2] not in (1, 3, 4)):
+            raise ValueError(f"expected an image array of shape (H, W), (H, W, 1), (H, W, 3) or (H, W, 4); got {a.shape}")
+        if not np.isfinite(a).all():
+            raise ValueError("image array contains NaN or inf")
+        if a.dtype != np.uint8:
+            if a.min() < 0 or a.max() > 1:
+                raise ValueError(f"float image arrays must lie in [0, 1]; got range [{a.min():.3g}, {a.max():.3g}]")
+            a = np.round(a * 255).astype(np.uint8)
+        if a.ndim == 3 and a.shape[2] == 1:
+            a = a[..., 0]
+        image = Image.fromarray(a)
+    if not isinstance(image, Image.Image):
+        raise TypeError(f"expected an image (PIL.Image, numpy array or torch tensor), got {type(image).__name__}")
+    w, h = image.size
+    if min(w, h) < 8:
+        raise ValueError(f"image is {w}x{h} pixels; the smallest usable side is 8 pixels")
+    if image.mode == "RGBA":
+        bg = Image.new("RGB", image.size, (255, 255, 255))
+        bg.paste(image, mask=image.getchannel("A"))
+        return bg
+    return image.convert("RGB")
+
+
+_REGISTRY: list[type[PipelineAdapter]] = []
+
+
+def register(cls: type[PipelineAdapter]) -> type[PipelineAdapter]:
+    _REGISTRY.append(cls)
+    return cls
+
+
+def supported_pipelines() -> list[str]:
+    return [name for cls in _REGISTRY for name in cls.pipeline_classes]
+
+
+def adapter_for(pipe) -> PipelineAdapter:
+    """The adapter for a loaded diffusers pipeline (or a clear error listing the supported classes)."""
+    if isinstance(pipe, PipelineAdapter):
+        return pipe
+    name = type(pipe).__name__
+    for cls in _REGISTRY:
+        if name in cls.pipeline_classes:
+            return cls(pipe)
+    raise ValueError(f"unsupported pipeline class {name}; supported: {', '.join(supported_pipelines())}")

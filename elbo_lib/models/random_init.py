@@ -1,0 +1,123 @@
+"""Randomly initialised pipelines of each supported family, built locally (tokenizers included),
+for tests and benchmarks. Shapes follow diffusers' own tests' ``get_dummy_components``; the
+SD1.5-shaped UNet (``sd15_random_pipeline``) has the real architecture at 512 px, for timing."""
+from __future__ import annotations
+
+import tempfile
+
+import torch
+from diffusers import (AutoencoderKL, DDIMScheduler, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel,
+                       StableDiffusion3Pipeline, StableDiffusionPipeline, StableDiffusionXLPipeline,
+                       UNet2DConditionModel)
+from transformers import (CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, T5Config, T5EncoderModel,
+                          T5TokenizerFast)
+
+from ..toy.tokenizer import build_tokenizer
+from ..toy.world import vocabulary
+
+WORDS = vocabulary() + ["cat", "dog", "person", "sky", "tree", "grass", "car", "road", "big", "small", "the"]
+
+
+def tiny_clip_tokenizer(max_length: int = 77):
+    return build_tokenizer(WORDS, model_max_length=max_length)
+
+
+def tiny_t5_tokenizer():
+    chars = "abcdefghijklmnopqrstuvwxyz,▁"
+    vocab = ([("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)] + [("▁" + w, -1.0) for w in dict.fromkeys(WORDS)]
+             + [(c, -5.0) for c in chars])
+    return T5TokenizerFast(vocab=vocab, extra_ids=0)
+
+
+def _clip_config(tok, hidden: int = 32, projection: int = 32, layers: int = 2) -> CLIPTextConfig:
+    return CLIPTextConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=37, num_hidden_layers=layers,
+                          num_attention_heads=4, max_position_embeddings=tok.model_max_length, projection_dim=projection,
+                          bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+                          hidden_act="gelu")
+
+
+def _ddim(prediction_type: str = "epsilon") -> DDIMScheduler:
+    return DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
+                         set_alpha_to_one=False, steps_offset=1, prediction_type=prediction_type)
+
+
+def _vae(latent_channels: int = 4, **kw) -> AutoencoderKL:
+    return AutoencoderKL(block_out_channels=(8, 16), in_channels=3, out_channels=3,
+                         down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+                         latent_channels=latent_channels, norm_num_groups=4, sample_size=32, **kw)
+
+
+def tiny_sd_pipeline(prediction_type: str = "epsilon", seed: int = 0) -> StableDiffusionPipeline:
+    """SD 1.x (eps) or SD 2.x-v (``prediction_type="v_prediction"``) shaped, 32 px images."""
+    torch.manual_seed(seed)
+    tok = tiny_clip_tokenizer()
+    unet = UNet2DConditionModel(block_out_channels=(16, 32), layers_per_block=1, sample_size=16, in_channels=4,
+                                out_channels=4, down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+                                up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=32,
+                                attention_head_dim=2, norm_num_groups=8,
+                                use_linear_projection=prediction_type == "v_prediction")
+    pipe = StableDiffusionPipeline(vae=_vae(), text_encoder=CLIPTextModel(_clip_config(tok)), tokenizer=tok, unet=unet,
+                                   scheduler=_ddim(prediction_type), safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def tiny_sdxl_pipeline(seed: int = 0) -> StableDiffusionXLPipeline:
+    torch.manual_seed(seed)
+    tok = tiny_clip_tokenizer()
+    unet = UNet2DConditionModel(block_out_channels=(16, 32), layers_per_block=1, sample_size=16, in_channels=4,
+                                out_channels=4, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                                up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), attention_head_dim=(2, 4),
+                                use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=8,
+                                transformer_layers_per_block=(1, 2), projection_class_embeddings_input_dim=6 * 8 + 32,
+                                cross_attention_dim=64, norm_num_groups=8)
+    pipe = StableDiffusionXLPipeline(vae=_vae(), text_encoder=CLIPTextModel(_clip_config(tok)),
+                                     text_encoder_2=CLIPTextModelWithProjection(_clip_config(tok)), tokenizer=tok,
+                                     tokenizer_2=tiny_clip_tokenizer(), unet=unet, scheduler=_ddim())
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def tiny_sd3_pipeline(seed: int = 0, with_t5: bool = True) -> StableDiffusion3Pipeline:
+    torch.manual_seed(seed)
+    tok = tiny_clip_tokenizer()
+    transformer = SD3Transformer2DModel(sample_size=16, patch_size=1, in_channels=4, num_layers=2, attention_head_dim=8,
+                                        num_attention_heads=4, caption_projection_dim=32, joint_attention_dim=64,
+                                        pooled_projection_dim=64, out_channels=4)
+    t5 = t5_tok = None
+    if with_t5:
+        t5_tok = tiny_t5_tokenizer()
+        t5 = T5EncoderModel(T5Config(vocab_size=len(t5_tok), d_model=64, d_ff=37, d_kv=8, num_layers=2, num_heads=4,
+                                     relative_attention_num_buckets=8, pad_token_id=0, eos_token_id=1))
+    pipe = StableDiffusion3Pipeline(
+        transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(),
+        vae=_vae(use_quant_conv=False, use_post_quant_conv=False, shift_factor=0.0609, scaling_factor=1.5035),
+        text_encoder=CLIPTextModelWithProjection(_clip_config(tok)), tokenizer=tok,
+        text_encoder_2=CLIPTextModelWithProjection(_clip_config(tok)), tokenizer_2=tiny_clip_tokenizer(),
+        text_encoder_3=t5, tokenizer_3=t5_tok)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def sd15_random_pipeline(seed: int = 0) -> StableDiffusionPipeline:
+    """Stable Diffusion 1.5's UNet and VAE architecture (860 M UNet parameters), random weights, with a
+    small text encoder of SD1.5's width (768); for timing the real architecture without weights."""
+    torch.manual_seed(seed)
+    tok = tiny_clip_tokenizer()
+    unet = UNet2DConditionModel(sample_size=64, cross_attention_dim=768)  # diffusers' defaults are SD1.x's UNet
+    vae = AutoencoderKL(block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
+                        up_block_types=("UpDecoderBlock2D",) * 4, latent_channels=4, layers_per_block=2,
+                        sample_size=512, scaling_factor=0.18215)
+    te = CLIPTextModel(_clip_config(tok, hidden=768, projection=768, layers=2))
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=te, tokenizer=tok, unet=unet, scheduler=_ddim(),
+                                   safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def save_and_reload(pipe, cls=None):
+    """Round-trip a pipeline through save_pretrained / from_pretrained (tests of the loading path)."""
+    with tempfile.TemporaryDirectory() as d:
+        pipe.save_pretrained(d)
+        return (cls or type(pipe)).from_pretrained(d)

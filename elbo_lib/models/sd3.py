@@ -1,0 +1,51 @@
+"""Adapter for Stable Diffusion 3 / 3.5 (MMDiT, rectified flow).
+
+Flow matching: z_t = (1 - t) x0 + t eps, so alpha_t = 1 - t and sigma_t = t; the transformer
+predicts the velocity u = eps - x0 and takes 1000 * t as its timestep. Attention is joint over
+[image tokens, text tokens]; the text tokens are the CLIP tokens (77, positions from
+``tokenizer``) followed by the T5 tokens.
+"""
+from __future__ import annotations
+
+import torch
+
+from .base import PipelineAdapter, TextCondition, register
+
+T_MIN = 1e-3  # keep sigma_t > 0 so that eps is identifiable
+
+
+@register
+class StableDiffusion3Adapter(PipelineAdapter):
+    pipeline_classes = ("StableDiffusion3Pipeline", "StableDiffusion3Img2ImgPipeline")
+    family = "sd3"
+    joint_attention = True
+
+    @property
+    def denoiser(self):
+        return self.pipe.transformer
+
+    @property
+    def patch_size(self) -> int:
+        return int(self.denoiser.config.patch_size)
+
+    @property
+    def objective(self) -> str:
+        return "flow"
+
+    def alpha_sigma(self, t):
+        s = t.to(self.device, torch.float32).clamp(T_MIN, 1.0)
+        return 1.0 - s, s
+
+    def model_timestep(self, t):
+        return (t.to(self.device, torch.float32).clamp(T_MIN, 1.0) * 1000.0).to(self.dtype)
+
+    @torch.no_grad()
+    def encode_text(self, prompts):
+        prompts = list(prompts)
+        embeds, _, pooled, _ = self.pipe.encode_prompt(prompts, prompts, prompts, device=self.device,
+                                                       num_images_per_prompt=1, do_classifier_free_guidance=False)
+        return TextCondition(embeds.to(self.dtype), {"pooled_projections": pooled.to(self.dtype)})
+
+    def predict(self, z_t, t, cond):
+        return self.denoiser(hidden_states=z_t, timestep=self.model_timestep(t), encoder_hidden_states=cond.embeds,
+                             pooled_projections=cond.extra["pooled_projections"]).sample
