@@ -159,7 +159,7 @@ def class_losses_loop(adapter: PipelineAdapter, x0, cond: TextCondition, t, eps,
     w = objective_weight(adapter, t, weighting)
     for i in range(N):
         for j in range(T):
-            a, s = (v[j] for v in adapter.alpha_sigma(t[j:j + 1]))
+            a, s = (v[0] for v in adapter.alpha_sigma(t[j:j + 1]))
             z = a * x0.float() + s * eps[j:j + 1].float()
             pred = adapter.predict(z.to(adapter.dtype), t[j:j + 1], cond.index(torch.tensor([i])))
             tgt = adapter.target(x0.float(), eps[j:j + 1].float(), t[j:j + 1])

@@ -1,0 +1,37 @@
+import os
+import warnings
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+warnings.filterwarnings("ignore")
+
+import pytest
+import torch
+
+from elbo_lib.models.random_init import tiny_sd3_pipeline, tiny_sd_pipeline, tiny_sdxl_pipeline
+
+torch.set_num_threads(2)
+
+FAMILIES = {
+    "sd1": lambda: tiny_sd_pipeline("epsilon"),
+    "sd2v": lambda: tiny_sd_pipeline("v_prediction"),
+    "sdxl": tiny_sdxl_pipeline,
+    "sd3": tiny_sd3_pipeline,
+}
+
+
+@pytest.fixture(scope="session")
+def pipes():
+    return {k: f() for k, f in FAMILIES.items()}
+
+
+@pytest.fixture(params=list(FAMILIES))
+def family_pipe(request, pipes):
+    return request.param, pipes[request.param]
+
+
+@pytest.fixture(scope="session")
+def toy_image():
+    import numpy as np
+    from elbo_lib.toy.world import ToyObject, render
+    objs = [ToyObject("red", "circle", 20, 22, 11), ToyObject("blue", "star", 44, 40, 12)]
+    return render(objs, 64, np.random.default_rng(0))
