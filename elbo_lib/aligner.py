@@ -103,8 +103,10 @@ def finalize(m: Measurement, cfg: AlignConfig, elbo_idx=None, attention_idx=None
     select subsets of the measured timesteps (ablations)."""
     elbo = m.elbo if elbo_idx is None else m.elbo[:, list(elbo_idx)]
     cross = m.cross if attention_idx is None else m.cross[list(attention_idx)]
-    if cross.shape[0] == 0 or elbo.shape[1] == 0:
-        raise ValueError("empty timestep subset")
+    if cross.shape[0] == 0:
+        raise ValueError("empty attention timestep subset")
+    if elbo.shape[1] == 0 and cfg.calibrate and cfg.fixed_score is None:
+        raise ValueError("no ELBO timesteps: measure with elbo=True, or finalize with calibrate=False or a fixed_score")
     maps = cross.double().mean(0)  # (N, h, w)
     n = maps.shape[0]
     if not cfg.calibrate:
@@ -153,9 +155,10 @@ class Aligner:
     @torch.no_grad()
     def measure(self, image, classes: list[str], caption: str | None = None, seed: int = 0,
                 elbo_classes: list[str] | None = None, cfg: AlignConfig | None = None,
-                progress: bool = False) -> Measurement:
+                progress: bool = False, elbo: bool = True) -> Measurement:
         """Alg. 1 lines 1-4: encode, collect attention, estimate per-class ELBO losses.
-        ``elbo_classes`` (default: ``classes``) are the phrases whose ELBO is measured (Table IV)."""
+        ``elbo_classes`` (default: ``classes``) are the phrases whose ELBO is measured (Table IV);
+        ``elbo=False`` skips the ELBO (attention only: the uncalibrated baseline)."""
         cfg = cfg or self.config
         classes = _check_classes(classes)
         elbo_classes = classes if elbo_classes is None else _check_classes(elbo_classes)
@@ -195,6 +198,9 @@ class Aligner:
         cross = torch.cat(cross_maps).float().cpu()
         self_attn = None if self_sum is None else (self_sum / len(t_att)).float().cpu()
 
+        if not elbo:
+            return Measurement(classes, caption, np.zeros(0), torch.zeros(len(classes), 0), t_att.numpy(), cross,
+                               self_attn, image_hw)
         # per-class ELBO with shared noise (Alg. 1 line 3, Eq. 4)
         t_elbo_np = elbo_timesteps(cfg.elbo_steps, cfg.elbo_strategy, seed)
         t_elbo = torch.as_tensor(t_elbo_np, dtype=torch.float64)

@@ -19,7 +19,7 @@ class ToyArchitecture:
     text_width: int = 64
     text_layers: int = 2
     text_heads: int = 4
-    max_length: int = 32
+    max_length: int = 40
     num_train_timesteps: int = 1000
     beta_schedule: str = "squaredcos_cap_v2"
 

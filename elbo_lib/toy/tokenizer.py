@@ -25,28 +25,44 @@ def _byte_symbols() -> list[str]:
     return [chr(c) for c in cs]
 
 
+def _bpe(symbols: list[str], ranks: dict[tuple[str, str], int]) -> list[str]:
+    """CLIP's greedy BPE: repeatedly merge the adjacent pair with the lowest rank."""
+    while len(symbols) > 1:
+        pairs = [(ranks.get((a, b), 1 << 30), i) for i, (a, b) in enumerate(zip(symbols, symbols[1:]))]
+        r, i = min(pairs)
+        if r == 1 << 30:
+            break
+        symbols = symbols[:i] + [symbols[i] + symbols[i + 1]] + symbols[i + 2:]
+    return symbols
+
+
 def vocab_and_merges(words: list[str]) -> tuple[dict[str, int], list[str]]:
-    """Vocabulary and merge rules that turn every word of ``words`` into one token."""
+    """Vocabulary and merge rules that turn every word of ``words`` into one token.
+
+    For each word, BPE is run with the merges so far; while it ends in several symbols, the
+    merge of its first two symbols is appended (lowest priority), which cannot alter words
+    already reduced to one token."""
     symbols = _byte_symbols()
     vocab_list = symbols + [s + "</w>" for s in symbols]
-    merges: list[str] = []
-    for word in dict.fromkeys(w.lower() for w in words):
-        parts = list(word[:-1]) + [word[-1] + "</w>"]
-        while len(parts) > 1:
-            a, b = parts[0], parts[1]
-            rule = f"{a} {b}"
-            if rule not in merges:
-                merges.append(rule)
-                vocab_list.append(a + b)
-            parts = [a + b] + parts[2:]
+    ranks: dict[tuple[str, str], int] = {}
+    words = list(dict.fromkeys(w.lower() for w in words))
+    for word in words:
+        while True:
+            parts = _bpe(list(word[:-1]) + [word[-1] + "</w>"], ranks)
+            if len(parts) == 1:
+                break
+            ranks[(parts[0], parts[1])] = len(ranks)
+            vocab_list.append(parts[0] + parts[1])
+    for word in words:  # every word is one token under the final merge table
+        assert len(_bpe(list(word[:-1]) + [word[-1] + "</w>"], ranks)) == 1, word
     vocab_list += ["<|startoftext|>", "<|endoftext|>"]
     vocab = {}
     for tok in vocab_list:
         vocab.setdefault(tok, len(vocab))
-    return vocab, merges
+    return vocab, [f"{a} {b}" for (a, b), _ in sorted(ranks.items(), key=lambda kv: kv[1])]
 
 
-def build_tokenizer(words: list[str], model_max_length: int = 32, save_dir: str | Path | None = None) -> CLIPTokenizer:
+def build_tokenizer(words: list[str], model_max_length: int = 40, save_dir: str | Path | None = None) -> CLIPTokenizer:
     """A CLIPTokenizer whose vocabulary covers ``words`` as whole tokens."""
     vocab, merges = vocab_and_merges(words)
     if save_dir is not None:  # the classic slow-tokenizer files, loadable by any transformers version

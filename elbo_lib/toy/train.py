@@ -3,7 +3,8 @@
 Stages, each resumable from atomic checkpoints in ``work_dir``:
 1. render the training scenes (deterministic from the seed);
 2. train the VAE (reconstruction + a tiny KL term);
-3. encode every scene once; set the latent scaling factor to 1 / std(latents);
+3. encode every scene once (posterior means; the toy VAE's posterior std is ~0.75 of the latents'
+   spread, noise the UNet need not model); set the latent scaling factor to 1 / std(latents);
 4. train the UNet and the CLIP text encoder jointly on eps-prediction (caption dropout for CFG),
    keeping an exponential moving average of both;
 5. save a ``StableDiffusionPipeline`` directory with the configs that made it.
@@ -83,14 +84,20 @@ def _ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> N
 
 def train(out_dir: str | Path = "data/toy-sd", work_dir: str | Path = ".cache/toy-train",
           cfg: TrainConfig = TrainConfig(), world: WorldConfig = WorldConfig(),
-          arch: ToyArchitecture = ToyArchitecture()) -> Path:
+          arch: ToyArchitecture = ToyArchitecture(), export_only: bool = False) -> Path:
+    """Run (or resume) training and save the pipeline; ``export_only`` saves the pipeline from the
+    latest checkpoints without training further."""
     out_dir, work_dir = Path(out_dir), Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(cfg.threads)
     t_start = time.time()
     meta_path = work_dir / "meta.json"
-    meta = {"train": dataclasses.asdict(cfg), "world": dataclasses.asdict(world), "arch": arch.to_dict()}
-    if meta_path.exists() and json.loads(meta_path.read_text()) != json.loads(json.dumps(meta)):
+    train_fields = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "threads"}  # threads change no result
+    meta = {"train": train_fields, "world": dataclasses.asdict(world), "arch": arch.to_dict()}
+    old = json.loads(meta_path.read_text()) if meta_path.exists() else None
+    if old is not None:
+        old["train"].pop("threads", None)
+    if old is not None and old != json.loads(json.dumps(meta)):
         raise ValueError(f"{work_dir} holds checkpoints of a different configuration; remove it or pick another --work-dir")
     meta_path.write_text(json.dumps(meta, indent=2))
 
@@ -107,6 +114,8 @@ def train(out_dir: str | Path = "data/toy-sd", work_dir: str | Path = ".cache/to
     if vae_ckpt.exists():
         st = torch.load(vae_ckpt, weights_only=False)
         vae.load_state_dict(st["model"]); vae_opt.load_state_dict(st["opt"]); start = st["step"]
+    if export_only and start < cfg.vae_steps:
+        raise ValueError(f"the VAE has only {start} of {cfg.vae_steps} steps in {vae_ckpt}; nothing to export yet")
     bar = tqdm(range(start, cfg.vae_steps), desc="train VAE", initial=start, total=cfg.vae_steps)
     for step in bar:
         g = _step_generator(cfg.seed, 1, step)
@@ -154,7 +163,8 @@ def train(out_dir: str | Path = "data/toy-sd", work_dir: str | Path = ".cache/to
         ema_unet.load_state_dict(st["ema_unet"]); ema_text.load_state_dict(st["ema_text"])
         opt.load_state_dict(st["opt"]); start = st["step"]
     losses = []
-    bar = tqdm(range(start, cfg.unet_steps), desc="train UNet + text encoder", initial=start, total=cfg.unet_steps)
+    end = start if export_only else cfg.unet_steps
+    bar = tqdm(range(start, end), desc="train UNet + text encoder", initial=start, total=cfg.unet_steps)
     for step in bar:
         g = _step_generator(cfg.seed, 2, step)
         idx = g.choice(cfg.n_scenes, cfg.batch, replace=False)
@@ -163,7 +173,7 @@ def train(out_dir: str | Path = "data/toy-sd", work_dir: str | Path = ".cache/to
                         return_tensors="pt").input_ids
         tg = torch.Generator().manual_seed(int(g.integers(2**62)))
         ii = torch.from_numpy(idx)
-        z0 = (lat["mean"][ii] + lat["std"][ii] * torch.randn(lat["mean"][ii].shape, generator=tg)) * scaling
+        z0 = lat["mean"][ii] * scaling  # posterior means: the VAE's posterior noise is not worth modelling
         eps = torch.randn(z0.shape, generator=tg)
         t = torch.randint(0, arch.num_train_timesteps, (cfg.batch,), generator=tg)
         zt = train_sched.add_noise(z0, eps, t)
@@ -192,6 +202,7 @@ def train(out_dir: str | Path = "data/toy-sd", work_dir: str | Path = ".cache/to
     pipe.save_pretrained(tmp_out, safe_serialization=True)
     (tmp_out / "training.json").write_text(json.dumps({
         **meta, "latent_scaling_factor": scaling, "elapsed_s_this_run": round(time.time() - t_start, 1),
+        "unet_steps_done": start if export_only else cfg.unet_steps,
         "final_loss_mean_last_100": float(np.mean(losses[-100:])) if losses else None,
         "recommended": {"elbo_template": "a photo of a {}", "caption_template": "a photo of {}"},
     }, indent=2))
@@ -209,11 +220,12 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description="Train the toy text-to-image model (resumable).")
     p.add_argument("--out", default="data/toy-sd")
     p.add_argument("--work-dir", default=".cache/toy-train")
+    p.add_argument("--export-only", action="store_true", help="save the pipeline from the latest checkpoints")
     for f in dataclasses.fields(TrainConfig):
         p.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default)
     a = p.parse_args(argv)
     cfg = TrainConfig(**{f.name: getattr(a, f.name) for f in dataclasses.fields(TrainConfig)})
-    out = train(a.out, a.work_dir, cfg)
+    out = train(a.out, a.work_dir, cfg, export_only=a.export_only)
     print(f"saved {out}")
 
 

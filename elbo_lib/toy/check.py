@@ -1,0 +1,157 @@
+"""Quality gates of the toy model (``python -m elbo_lib.toy.check [--json PATH]``).
+
+- generation: fraction of samples for held-out two-object prompts in which the toy detector
+  finds both named objects (gate >= 0.7);
+- alignment: pointing-game accuracy of uncalibrated cross-attention heatmaps (mean over layers and
+  heads, no self-attention refinement, noised real images at small t) on ``toy-test`` (gate >= 0.8);
+- the paper's bias: the target's pointing accuracy along each Fig. 1 study set (smaller,
+  occluded, distractors, rare) must fall from the easy end to the hard end.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from ..aligner import AlignConfig, Aligner, finalize
+from .detector import present
+from .study import STUDIES, STUDY_LEVELS, ToyItem, eval_split, study_set
+from .world import COLOURS, WorldConfig, make_caption
+
+GATES = {"generation_presence": 0.7, "pointing_accuracy": 0.8}
+POINTING_CONFIG = dict(calibrate=False, self_attention=False, layer_weights="uniform")
+
+
+def pointing_records(aligner: Aligner, items: list[ToyItem], targets_only: bool = False, seed: int = 0,
+                     desc: str = "pointing game") -> pd.DataFrame:
+    """One row per (item, class): does the argmax of the raw heatmap fall inside the class's mask?"""
+    cfg = aligner.config
+    rows = []
+    for it in tqdm(items, desc=desc):
+        m = aligner.measure(it.image, it.classes, it.caption, seed=seed, cfg=cfg, elbo=False)
+        res = finalize(m, cfg)
+        for i, c in enumerate(it.classes):
+            if targets_only and c != it.target:
+                continue
+            mask = it.scene.class_mask(c)
+            if not mask.any():
+                continue
+            y, x = np.unravel_index(np.argmax(res.raw[i]), res.raw[i].shape)
+            rows.append({"id": it.id, "class": c, "hit": bool(mask[y, x]), "area": int(mask.sum()),
+                         "study": it.study, "level": it.level, "knob": it.knob})
+    return pd.DataFrame(rows)
+
+
+def generation_presence(pipe, n_prompts: int = 120, steps: int = 25, guidance: float = 5.0, seed: int = 0,
+                        batch: int = 40) -> tuple[float, pd.DataFrame]:
+    """Sample one image per held-out two-object prompt; the fraction with both objects detected."""
+    rng = np.random.default_rng([seed, 4242])
+    shapes = list(WorldConfig().common_shapes)
+    prompts, objs = [], []
+    while len(prompts) < n_prompts:
+        a = (str(rng.choice(list(COLOURS))), str(rng.choice(shapes)))
+        b = (str(rng.choice(list(COLOURS))), str(rng.choice(shapes)))
+        if a[0] == b[0] or a[1] == b[1]:
+            continue  # distinct colours and shapes, so the detector's answer is unambiguous
+        prompts.append(make_caption([f"{a[0]} {a[1]}", f"{b[0]} {b[1]}"]))
+        objs.append([a, b])
+    rows = []
+    for s in tqdm(range(0, n_prompts, batch), desc="generation"):
+        g = torch.Generator().manual_seed(seed + s)
+        out = pipe(prompts[s:s + batch], num_inference_steps=steps, guidance_scale=guidance, generator=g,
+                   output_type="np").images
+        for k, img in enumerate(out):
+            im = np.clip(np.round(img * 255), 0, 255).astype(np.uint8)
+            rows.append({"prompt": prompts[s + k], "both_present": present(im, objs[s + k])})
+    df = pd.DataFrame(rows)
+    return float(df.both_present.mean()), df
+
+
+def run_checks(model: str = "data/toy-sd", n_test: int = 300, n_per_level: int = 40, n_prompts: int = 120,
+               seed: int = 0, out_dir: str | Path | None = None) -> dict:
+    from ..models import load_pipeline
+    t0 = time.time()
+    torch.manual_seed(seed)
+    pipe = load_pipeline(model, device="cpu")
+    aligner = Aligner(pipe, **POINTING_CONFIG)
+    res: dict = {"model": str(model), "settings": {"n_test": n_test, "n_per_level": n_per_level,
+                                                   "n_prompts": n_prompts, "seed": seed, **POINTING_CONFIG,
+                                                   "attention_steps": aligner.config.attention_steps,
+                                                   "attention_t_max": aligner.config.attention_t_max}}
+    presence, gen_df = generation_presence(pipe, n_prompts=n_prompts, seed=seed)
+    res["generation_presence"] = presence
+    test = pointing_records(aligner, eval_split("toy-test", n_test), seed=seed, desc="pointing toy-test")
+    res["pointing_accuracy"] = float(test.hit.mean())
+    small = test.area < np.percentile(test.area, 25)
+    res["pointing_accuracy_small_quartile"] = float(test[small].hit.mean())
+    res["pointing_accuracy_other_quartiles"] = float(test[~small].hit.mean())
+    res["small_quartile_area_px_below"] = float(np.percentile(test.area, 25))
+    curves, drops = {}, {}
+    for st in STUDIES:
+        df = pointing_records(aligner, study_set(st, n_per_level), targets_only=True, seed=seed, desc=f"study {st}")
+        g = df.groupby("level").agg(knob=("knob", "mean"), pointing=("hit", "mean"), n=("hit", "size")).reset_index()
+        g["setting"] = [str(v) for v in STUDY_LEVELS[st]]
+        curves[st] = g.to_dict(orient="records")
+        drops[st] = float(g.pointing.iloc[0] - g.pointing.iloc[-1])
+    res["bias_curves"] = curves
+    res["bias_drop_easy_minus_hard"] = drops
+    res["gates"] = {
+        "generation_presence": presence >= GATES["generation_presence"],
+        "pointing_accuracy": res["pointing_accuracy"] >= GATES["pointing_accuracy"],
+        **{f"bias_{st}_falls": drops[st] > 0 for st in STUDIES},
+    }
+    res["all_gates_pass"] = all(res["gates"].values())
+    res["check_seconds"] = round(time.time() - t0, 1)
+    train_json = Path(model) / "training.json"
+    if train_json.exists():
+        tj = json.loads(train_json.read_text())
+        res["training_seconds"] = tj.get("elapsed_s_this_run")
+    if out_dir is not None:
+        out_dir = Path(out_dir); out_dir.mkdir(parents=True, exist_ok=True)
+        gen_df.to_csv(out_dir / "generation.csv", index=False)
+        test.to_csv(out_dir / "pointing_toy_test.csv", index=False)
+    return res
+
+
+def format_report(res: dict) -> str:
+    lines = ["| check | value | gate | pass |", "|---|---|---|---|",
+             f"| generation: both objects present | {res['generation_presence']:.3f} | >= 0.7 | {res['gates']['generation_presence']} |",
+             f"| pointing accuracy, toy-test | {res['pointing_accuracy']:.3f} | >= 0.8 | {res['gates']['pointing_accuracy']} |",
+             f"| pointing, smallest quartile (< {res['small_quartile_area_px_below']:.0f} px) | {res['pointing_accuracy_small_quartile']:.3f} | - | - |",
+             f"| pointing, other quartiles | {res['pointing_accuracy_other_quartiles']:.3f} | - | - |"]
+    for st, rows in res["bias_curves"].items():
+        curve = " -> ".join(f"{r['pointing']:.2f}" for r in rows)
+        settings = " -> ".join(r["setting"] for r in rows)
+        lines.append(f"| bias `{st}` ({settings}) | {curve} | falls | {res['gates'][f'bias_{st}_falls']} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description="Quality gates of the toy text-to-image model.")
+    p.add_argument("--model", default="data/toy-sd")
+    p.add_argument("--json", default=None, help="write the numbers to this JSON file")
+    p.add_argument("--n-test", type=int, default=300)
+    p.add_argument("--n-per-level", type=int, default=40)
+    p.add_argument("--n-prompts", type=int, default=120)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out-dir", default=None, help="also write per-sample CSVs here")
+    a = p.parse_args(argv)
+    res = run_checks(a.model, a.n_test, a.n_per_level, a.n_prompts, a.seed, a.out_dir)
+    print(format_report(res))
+    if a.json:
+        Path(a.json).parent.mkdir(parents=True, exist_ok=True)
+        tmp = a.json + ".tmp"
+        Path(tmp).write_text(json.dumps(res, indent=2))
+        os.replace(tmp, a.json)
+    return 0 if res["all_gates_pass"] else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
