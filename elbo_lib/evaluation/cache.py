@@ -1,0 +1,69 @@
+"""On-disk cache of what the model computed per image (``Measurement``), written atomically.
+
+Layout: ``<root>/measurements/<model key>/<settings key>/<image id>.pt``; the model key hashes
+the model's name and, for local directories, its configs and weight file sizes; the settings key
+hashes exactly the fields that change denoiser outputs (plus the seed and ELBO phrase variant).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from pathlib import Path
+
+import torch
+
+from ..aligner import Measurement
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_CACHE_DIR = Path(os.environ.get("ELBO_LIB_CACHE", REPO_ROOT / ".cache" / "elbo_lib"))
+
+
+def _hash(obj) -> str:
+    return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def model_key(model: str | os.PathLike) -> str:
+    path = Path(model)
+    parts: dict = {"name": str(model)}
+    if path.is_dir():
+        parts["name"] = path.resolve().name
+        for f in sorted(path.rglob("*")):
+            if f.is_file() and f.suffix in (".json", ".txt"):
+                parts[str(f.relative_to(path))] = hashlib.sha1(f.read_bytes()).hexdigest()
+            elif f.is_file():
+                parts[str(f.relative_to(path))] = f.stat().st_size
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", parts["name"])[-40:]
+    return f"{slug}-{_hash(parts)}"
+
+
+class MeasurementCache:
+    def __init__(self, root: str | os.PathLike | None, model: str | os.PathLike, settings: dict):
+        self.root = Path(root or DEFAULT_CACHE_DIR)
+        self.dir = self.root / "measurements" / model_key(model) / _hash(settings)
+        self.settings = settings
+
+    def _path(self, image_id: str) -> Path:
+        return self.dir / (re.sub(r"[^A-Za-z0-9_.-]+", "_", image_id) + ".pt")
+
+    def get(self, image_id: str) -> Measurement | None:
+        p = self._path(image_id)
+        if not p.exists():
+            return None
+        return Measurement.from_state(torch.load(p, weights_only=False))
+
+    def put(self, image_id: str, m: Measurement) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        settings_file = self.dir / "settings.json"
+        if not settings_file.exists():
+            tmp = settings_file.with_name(f".settings.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(self.settings, indent=2, default=str))
+            os.replace(tmp, settings_file)
+        p = self._path(image_id)
+        tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
+        torch.save(m.state(), tmp)
+        os.replace(tmp, p)
+
+    def __len__(self) -> int:
+        return len(list(self.dir.glob("*.pt"))) if self.dir.exists() else 0

@@ -1,0 +1,78 @@
+"""Segmentation metrics of the referring protocol: per-threshold intersections and unions,
+mIoU over classes including background, threshold search, bootstrap intervals."""
+from __future__ import annotations
+
+import numpy as np
+
+
+def confusion(pred: np.ndarray, label: np.ndarray, n: int, ignore_index: int = 255) -> np.ndarray:
+    """(n, n) counts: rows = ground truth, columns = prediction; ignored pixels dropped."""
+    keep = label != ignore_index
+    gt, pr = label[keep].astype(np.int64), pred[keep].astype(np.int64)
+    if gt.size and (gt.max() >= n or pr.max() >= n or gt.min() < 0 or pr.min() < 0):
+        raise ValueError(f"labels must be in [0, {n - 1}] (or ignore {ignore_index})")
+    return np.bincount(gt * n + pr, minlength=n * n).reshape(n, n)
+
+
+def intersection_union(conf: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-class intersection (TP) and union (TP + FP + FN) from a confusion matrix."""
+    tp = np.diag(conf)
+    return tp, conf.sum(0) + conf.sum(1) - tp
+
+
+def miou(inter: np.ndarray, union: np.ndarray) -> float:
+    """Mean IoU over classes whose union is non-zero (classes absent from the data do not count)."""
+    inter, union = np.asarray(inter, dtype=np.float64), np.asarray(union, dtype=np.float64)
+    valid = union > 0
+    if not valid.any():
+        return float("nan")
+    return float((inter[valid] / union[valid]).mean())
+
+
+def per_image_iu(heatmaps_nhw: np.ndarray, label: np.ndarray, class_ids: list[int], thresholds: np.ndarray,
+                 n_global: int, ignore_index: int = 255) -> tuple[np.ndarray, np.ndarray]:
+    """Intersections and unions (T, n_global + 1) of one image at every background threshold.
+
+    heatmaps_nhw[i] belongs to global class class_ids[i]; a pixel is background when every heatmap
+    is below the threshold, else it takes the class of the largest heatmap."""
+    keep = label != ignore_index
+    best = heatmaps_nhw.max(0)[keep]
+    arg = np.asarray(class_ids, dtype=np.int64)[heatmaps_nhw.argmax(0)[keep]]
+    gt = label[keep].astype(np.int64)
+    n = n_global + 1
+    inter = np.zeros((len(thresholds), n), dtype=np.int64)
+    union = np.zeros((len(thresholds), n), dtype=np.int64)
+    gt_count = np.bincount(gt, minlength=n)
+    for k, t in enumerate(thresholds):
+        pred = np.where(best >= t, arg, 0)
+        tp = np.bincount(gt[pred == gt], minlength=n)
+        inter[k] = tp
+        union[k] = gt_count + np.bincount(pred, minlength=n) - tp
+    return inter, union
+
+
+def best_threshold(inter_tc: np.ndarray, union_tc: np.ndarray, thresholds: np.ndarray) -> tuple[float, int, float]:
+    """The threshold with the highest mIoU: (threshold, index, mIoU); ties go to the lower threshold."""
+    scores = np.array([miou(inter_tc[k], union_tc[k]) for k in range(len(thresholds))])
+    k = int(np.nanargmax(scores))
+    return float(thresholds[k]), k, float(scores[k])
+
+
+def bootstrap_miou(inter_ic: np.ndarray, union_ic: np.ndarray, n_boot: int = 1000, seed: int = 0,
+                   inter_b: np.ndarray | None = None, union_b: np.ndarray | None = None) -> dict:
+    """95% percentile interval over images (resampled with replacement) of mIoU, and of the paired
+    difference mIoU(a) - mIoU(b) when a second method's per-image (I, U) are given."""
+    rng = np.random.default_rng(seed)
+    n = inter_ic.shape[0]
+    vals, diffs = [], []
+    for _ in range(n_boot):
+        idx = rng.integers(0, n, n)
+        a = miou(inter_ic[idx].sum(0), union_ic[idx].sum(0))
+        vals.append(a)
+        if inter_b is not None:
+            diffs.append(a - miou(inter_b[idx].sum(0), union_b[idx].sum(0)))
+    out = {"ci95": [float(np.nanpercentile(vals, 2.5)), float(np.nanpercentile(vals, 97.5))]}
+    if diffs:
+        out["diff_ci95"] = [float(np.nanpercentile(diffs, 2.5)), float(np.nanpercentile(diffs, 97.5))]
+        out["diff_p_le_0"] = float(np.mean(np.asarray(diffs) <= 0))
+    return out

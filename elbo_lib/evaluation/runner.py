@@ -1,0 +1,286 @@
+"""The zero-shot referring segmentation harness: measure (cached, resumable) -> finalize variants
+(no denoiser calls) -> per-threshold intersections/unions -> oracle and held-out thresholds, CI,
+per-class, size-bucket and condition tables.
+
+``python -m elbo_lib evaluate --model data/toy-sd --dataset toy-test --out runs/toy-test``
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from ..aligner import AlignConfig, Aligner, Measurement, finalize
+from ..datasets import SegmentationDataset, get_dataset
+from ..tokens import default_caption
+from .cache import DEFAULT_CACHE_DIR, MeasurementCache
+from .metrics import best_threshold, bootstrap_miou, miou, per_image_iu
+
+THRESHOLDS = np.round(np.arange(0.05, 1.0, 0.05), 2)
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A way to turn a measurement into heatmaps, without any denoiser call."""
+
+    name: str
+    config: AlignConfig
+    elbo_idx: tuple[int, ...] | None = None
+    attention_idx: tuple[int, ...] | None = None
+
+
+def default_variants(cfg: AlignConfig, gammas=()) -> list[Variant]:
+    out = [Variant("uncalibrated", dataclasses.replace(cfg, calibrate=False)),
+           Variant("calibrated", dataclasses.replace(cfg, calibrate=True))]
+    out += [Variant(f"gamma={g:.4g}", dataclasses.replace(cfg, calibrate=True, gamma=float(g))) for g in gammas]
+    return out
+
+
+def _caption(sample, phrases: list[str], cfg: AlignConfig) -> str:
+    return sample.caption or default_caption(phrases, cfg.caption_template, cfg.caption_item)
+
+
+def measure_dataset(model: str | os.PathLike, dataset: SegmentationDataset, cfg: AlignConfig, seed: int = 0,
+                    limit: int | None = None, cache_dir: str | os.PathLike | None = None, pipe=None,
+                    nouns_only_elbo: bool = False, desc: str | None = None):
+    """Yield (sample, measurement) for the first ``limit`` images, from the cache where present;
+    the pipeline is loaded only on the first cache miss."""
+    settings = {"align": cfg.measurement_key(), "seed": seed, "nouns_only_elbo": nouns_only_elbo}
+    cache = MeasurementCache(cache_dir, model, settings)
+    aligner = None
+    n = len(dataset) if limit is None else min(limit, len(dataset))
+    for i in tqdm(range(n), desc=desc or f"measure {dataset.name}"):
+        sample = dataset.load(i)
+        if not sample.class_ids:
+            continue
+        m = cache.get(sample.id)
+        phrases = dataset.phrases(sample.class_ids)
+        if m is None or m.classes != phrases:
+            if aligner is None:
+                if pipe is None:
+                    from ..models import load_pipeline
+                    pipe = load_pipeline(model)
+                aligner = Aligner(pipe, cfg)
+            elbo_phrases = [p.split()[-1] for p in phrases] if nouns_only_elbo else None
+            m = aligner.measure(sample.image, phrases, _caption(sample, phrases, cfg), seed=seed,
+                                elbo_classes=elbo_phrases, cfg=cfg)
+            cache.put(sample.id, m)
+        yield sample, m
+
+
+@dataclass
+class Scored:
+    """Per-image, per-threshold intersections/unions of one variant, plus per-(image, class) rows."""
+
+    inter: np.ndarray   # (I, T, C + 1)
+    union: np.ndarray   # (I, T, C + 1)
+    pairs: pd.DataFrame  # image, class_id, area, study, level, target + I/U per threshold (columns i_k, u_k)
+
+
+def score(pairs_sm, dataset: SegmentationDataset, variants: list[Variant], thresholds=THRESHOLDS) -> dict[str, Scored]:
+    n_global = len(dataset.class_names)
+    acc = {v.name: ([], [], []) for v in variants}
+    for img_idx, (sample, m) in enumerate(pairs_sm):
+        for v in variants:
+            res = finalize(m, v.config, v.elbo_idx, v.attention_idx)
+            inter, union = per_image_iu(res.heatmaps, sample.label, sample.class_ids, thresholds, n_global,
+                                        dataset.ignore_index)
+            acc[v.name][0].append(inter.astype(np.int32))
+            acc[v.name][1].append(union.astype(np.int32))
+            meta = sample.meta or {}
+            for gid in sample.class_ids:
+                row = {"image": sample.id, "image_idx": img_idx, "class_id": gid, "class": dataset.class_names[gid - 1],
+                       "area": int((sample.label == gid).sum()), "study": meta.get("study", ""),
+                       "level": meta.get("level", -1), "knob": meta.get("knob", np.nan),
+                       "is_target": dataset.class_names[gid - 1] == meta.get("target")}
+                row.update({f"i_{k}": int(inter[k, gid]) for k in range(len(thresholds))})
+                row.update({f"u_{k}": int(union[k, gid]) for k in range(len(thresholds))})
+                acc[v.name][2].append(row)
+    return {name: Scored(np.stack(i), np.stack(u), pd.DataFrame(rows)) for name, (i, u, rows) in acc.items()}
+
+
+def _iou_at(df: pd.DataFrame, k: int) -> float:
+    u = df[f"u_{k}"].sum()
+    return float(df[f"i_{k}"].sum() / u) if u > 0 else float("nan")
+
+
+def summarize(scored: dict[str, Scored], cal_scored: dict[str, Scored] | None, dataset: SegmentationDataset,
+              thresholds=THRESHOLDS, n_boot: int = 1000, seed: int = 0) -> dict:
+    """Oracle and held-out thresholds, mIoU with bootstrap CIs, paired differences against
+    'uncalibrated', per-class IoU, IoU by ground-truth-area decile and by condition."""
+    out: dict = {"thresholds": thresholds.tolist(), "variants": {}}
+    base = scored.get("uncalibrated")
+    for name, sc in scored.items():
+        I, U = sc.inter.sum(0), sc.union.sum(0)  # (T, C + 1)
+        t_or, k_or, m_or = best_threshold(I, U, thresholds)
+        entry = {"oracle": {"threshold": t_or, "miou": m_or}}
+        if cal_scored is not None:
+            cI, cU = cal_scored[name].inter.sum(0), cal_scored[name].union.sum(0)
+            t_ho, k_ho, m_cal = best_threshold(cI, cU, thresholds)
+            entry["heldout"] = {"threshold": t_ho, "miou": miou(I[k_ho], U[k_ho]), "miou_on_calibration_split": m_cal}
+        else:
+            k_ho = None
+        for which, k in (("oracle", k_or), ("heldout", k_ho)):
+            if k is None:
+                continue
+            kb = None
+            if base is not None and name != "uncalibrated":
+                kb = best_threshold(base.inter.sum(0), base.union.sum(0), thresholds)[1] if which == "oracle" else \
+                    best_threshold(cal_scored["uncalibrated"].inter.sum(0), cal_scored["uncalibrated"].union.sum(0),
+                                   thresholds)[1]
+            boot = bootstrap_miou(sc.inter[:, k], sc.union[:, k], n_boot, seed,
+                                  None if kb is None else base.inter[:, kb], None if kb is None else base.union[:, kb])
+            entry[which].update(boot)
+            if kb is not None:
+                entry[which]["minus_uncalibrated"] = entry[which]["miou"] - miou(base.inter[:, kb].sum(0),
+                                                                                 base.union[:, kb].sum(0))
+        k_rep = k_ho if k_ho is not None else k_or
+        ious = np.where(U[k_rep] > 0, I[k_rep] / np.maximum(U[k_rep], 1), np.nan)
+        entry["per_class_iou"] = {("background" if c == 0 else dataset.class_names[c - 1]): float(ious[c])
+                                  for c in range(len(ious)) if U[k_rep, c] > 0}
+        pairs = sc.pairs
+        if len(pairs):
+            edges = np.unique(np.percentile(pairs.area, np.linspace(0, 100, 11)))
+            bucket = np.clip(np.searchsorted(edges, pairs.area, side="right") - 1, 0, len(edges) - 2)
+            entry["size_buckets"] = [{"bucket": int(b), "area_min": float(edges[b]), "area_max": float(edges[b + 1]),
+                                      "n": int((bucket == b).sum()), "iou": _iou_at(pairs[bucket == b], k_rep)}
+                                     for b in range(len(edges) - 1) if (bucket == b).any()]
+            tgt = pairs[pairs.is_target]
+            if len(tgt):
+                entry["conditions"] = [{"study": s, "level": int(lv), "knob": float(g.knob.mean()), "n": len(g),
+                                        "target_iou": _iou_at(g, k_rep)} for (s, lv), g in tgt.groupby(["study", "level"])]
+        entry["reported_threshold"] = "heldout" if k_ho is not None else "oracle"
+        out["variants"][name] = entry
+    out["n_images"] = int(next(iter(scored.values())).inter.shape[0])
+    return out
+
+
+def heldout_default(name: str):
+    return "toy-val" if name.startswith("toy-") and name != "toy-val" else ("toy-test" if name == "toy-val" else 0.2)
+
+
+def evaluate(model: str | os.PathLike = "data/toy-sd", dataset: str | SegmentationDataset = "toy-test",
+             data_root: str | None = None, limit: int | None = None, out: str | os.PathLike | None = None,
+             cache_dir: str | os.PathLike | None = None, config: AlignConfig | None = None, seed: int = 0,
+             gammas=(), variants: list[Variant] | None = None, heldout="auto", thresholds=THRESHOLDS,
+             n_boot: int = 1000, pipe=None, nouns_only_elbo: bool = False) -> dict:
+    """Run the protocol; returns the metrics dict (and writes metrics.json, per_class.csv,
+    size_buckets.csv, summary.md under ``out``)."""
+    t0 = time.time()
+    ds = dataset if isinstance(dataset, SegmentationDataset) else get_dataset(dataset, data_root, cache_dir=None)
+    if config is None:
+        config = Aligner(pipe).config if pipe is not None else _config_for(model)
+    variants = variants or default_variants(config, gammas)
+    heldout = heldout_default(ds.name) if heldout == "auto" else heldout
+    eval_pairs = list(measure_dataset(model, ds, config, seed, limit, cache_dir, pipe, nouns_only_elbo))
+    split_note = {"evaluated": ds.name}
+    cal_scored = None
+    if isinstance(heldout, str) and heldout:
+        cal_ds = get_dataset(heldout, data_root)
+        cal_pairs = list(measure_dataset(model, cal_ds, config, seed, limit, cache_dir, pipe, nouns_only_elbo,
+                                         desc=f"measure {heldout} (threshold split)"))
+        cal_scored = score(cal_pairs, cal_ds, variants, thresholds)
+        split_note["threshold_split"] = heldout
+    elif isinstance(heldout, float) and 0 < heldout < 1:
+        perm = np.random.default_rng([seed, 31337]).permutation(len(eval_pairs))
+        n_cal = max(1, int(round(heldout * len(eval_pairs))))
+        cal_idx, ev_idx = sorted(perm[:n_cal]), sorted(perm[n_cal:])
+        cal_scored = score([eval_pairs[i] for i in cal_idx], ds, variants, thresholds)
+        split_note.update(threshold_split=f"fraction {heldout} of {ds.name}",
+                          calibration_ids=[eval_pairs[i][0].id for i in cal_idx])
+        eval_pairs = [eval_pairs[i] for i in ev_idx]
+    scored = score(eval_pairs, ds, variants, thresholds)
+    metrics = summarize(scored, cal_scored, ds, thresholds, n_boot, seed)
+    metrics.update(model=str(model), dataset=ds.name, seed=seed, limit=limit, split=split_note,
+                   config={k: (v if not callable(v) else repr(v)) for k, v in dataclasses.asdict(config).items()},
+                   seconds=round(time.time() - t0, 1))
+    if out is not None:
+        write_outputs(metrics, Path(out))
+    return metrics
+
+
+def _config_for(model) -> AlignConfig:
+    """The paper's defaults plus the prompt templates a model directory recommends (toy model)."""
+    p = Path(model) / "training.json"
+    hints = json.loads(p.read_text()).get("recommended", {}) if p.exists() else {}
+    return AlignConfig(**{k: v for k, v in hints.items() if k in ("elbo_template", "caption_template", "caption_item")})
+
+
+def summary_table(metrics: dict) -> pd.DataFrame:
+    rows = []
+    for name, e in metrics["variants"].items():
+        row = {"variant": name, "oracle_thr": e["oracle"]["threshold"], "oracle_mIoU": e["oracle"]["miou"],
+               "oracle_CI95": "[{:.3f}, {:.3f}]".format(*e["oracle"]["ci95"])}
+        if "heldout" in e:
+            row.update(heldout_thr=e["heldout"]["threshold"], heldout_mIoU=e["heldout"]["miou"],
+                       heldout_CI95="[{:.3f}, {:.3f}]".format(*e["heldout"]["ci95"]))
+            if "diff_ci95" in e["heldout"]:
+                row["heldout_minus_uncal"] = e["heldout"]["minus_uncalibrated"]
+                row["diff_CI95"] = "[{:+.3f}, {:+.3f}]".format(*e["heldout"]["diff_ci95"])
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def write_outputs(metrics: dict, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / ".metrics.json.tmp"
+    tmp.write_text(json.dumps(metrics, indent=2, default=float))
+    os.replace(tmp, out / "metrics.json")
+    per_class = pd.DataFrame({n: e["per_class_iou"] for n, e in metrics["variants"].items()})
+    per_class.index.name = "class"
+    per_class.to_csv(out / "per_class.csv")
+    buckets = []
+    for n, e in metrics["variants"].items():
+        buckets += [{"variant": n, **b} for b in e.get("size_buckets", [])]
+    pd.DataFrame(buckets).to_csv(out / "size_buckets.csv", index=False)
+    table = summary_table(metrics)
+    md = [f"# {metrics['dataset']} — {metrics['model']}", "",
+          f"{metrics['n_images']} images; threshold split: {metrics['split'].get('threshold_split', 'none')}; "
+          f"seed {metrics['seed']}.", "", table.to_markdown(index=False, floatfmt=".3f"), ""]
+    if buckets:
+        b = pd.DataFrame(buckets).pivot_table(index=["bucket", "area_min", "area_max"], columns="variant", values="iou")
+        md += ["## IoU by ground-truth area decile (reported threshold)", "", b.reset_index().to_markdown(index=False, floatfmt=".3f"), ""]
+    (out / "summary.md").write_text("\n".join(md))
+
+
+def add_evaluate_parser(sub) -> None:
+    e = sub.add_parser("evaluate", help="zero-shot referring segmentation on a dataset (cached, resumable)")
+    e.add_argument("--model", default="data/toy-sd")
+    e.add_argument("--dataset", default="toy-test")
+    e.add_argument("--data-root", default=None)
+    e.add_argument("--limit", type=int, default=None)
+    e.add_argument("--gamma", type=float, nargs="*", default=[], help="extra gamma values to report")
+    e.add_argument("--heldout", default="auto", help="threshold split: a dataset name, a fraction, or 'none'")
+    e.add_argument("--cache-dir", default=None, help=f"measurement cache (default {DEFAULT_CACHE_DIR})")
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--n-boot", type=int, default=1000)
+    e.add_argument("--elbo-steps", type=int, default=None, help="ELBO timesteps (default: the paper's 20)")
+    e.add_argument("--attention-steps", type=int, default=None, help="attention timesteps (default: the paper's 10)")
+    e.add_argument("--out", required=True)
+    e.set_defaults(func=_evaluate_cmd)
+
+
+def _evaluate_cmd(a) -> int:
+    heldout = a.heldout
+    if heldout == "none":
+        heldout = None
+    elif heldout != "auto":
+        try:
+            heldout = float(heldout)
+        except ValueError:
+            pass
+    cfg = _config_for(a.model)
+    overrides = {k: v for k, v in (("elbo_steps", a.elbo_steps), ("attention_steps", a.attention_steps)) if v is not None}
+    cfg = dataclasses.replace(cfg, **overrides)
+    m = evaluate(a.model, a.dataset, a.data_root, a.limit, a.out, a.cache_dir, config=cfg, seed=a.seed,
+                 gammas=a.gamma, heldout=heldout, n_boot=a.n_boot)
+    print(summary_table(m).to_markdown(index=False, floatfmt=".3f"))
+    return 0
