@@ -1,0 +1,98 @@
+"""Aligner throughput: batched ELBO vs the authors' per-(class, timestep) loop, side by side.
+
+    python benchmarks/bench_aligner.py                      # toy model on CPU
+    python benchmarks/bench_aligner.py --arch sd15-random   # SD1.5-shaped random UNet at 512 px (GPU)
+
+Prints a table: classes, ELBO mode, seconds per image (attention + ELBO), images/s, denoiser
+passes/s in the ELBO, and the batched/loop speed-up, all measured in this one run.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from elbo_lib import Aligner  # noqa: E402
+from elbo_lib.elbo import class_losses, class_losses_loop, elbo_timesteps, shared_noise  # noqa: E402
+from elbo_lib.toy.world import COLOURS, SHAPES  # noqa: E402
+
+
+def _sync(device):
+    if str(device).startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def main(argv=None) -> pd.DataFrame:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--arch", choices=["toy", "sd15-random"], default="toy")
+    p.add_argument("--model", default="data/toy-sd")
+    p.add_argument("--classes", type=int, nargs="*", default=[2, 5, 10])
+    p.add_argument("--elbo-steps", type=int, default=20)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--device", default=None)
+    p.add_argument("--csv", default=None)
+    a = p.parse_args(argv)
+    device = a.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = torch.float16 if device.startswith("cuda") else torch.float32
+    if a.arch == "toy":
+        from elbo_lib import load_pipeline
+        pipe = load_pipeline(a.model, device=device, dtype=dtype)
+    else:
+        from elbo_lib.models.random_init import sd15_random_pipeline
+        pipe = sd15_random_pipeline().to(device, dtype)
+    aligner = Aligner(pipe, elbo_steps=a.elbo_steps, batch_size=a.batch_size)
+    ad = aligner.adapter
+    phrases = [f"{c} {s}" for s in SHAPES for c in COLOURS]
+    h, w = ad.resolution
+    image = (np.random.default_rng(0).random((h, w, 3)) * 255).astype(np.uint8)
+    rows = []
+    with torch.no_grad():
+        x0 = ad.encode_image(ad.preprocess(image))
+        t = torch.as_tensor(elbo_timesteps(a.elbo_steps), dtype=torch.float64)
+        eps = shared_noise(x0.shape[1:], len(t), 0, ad.device, torch.float32)
+        for n in a.classes:
+            classes = phrases[:n]
+            cond = ad.encode_text([aligner.config.elbo_template.format(c) for c in classes])
+            aligner.measure(image, classes, seed=0, elbo=False)  # warm-up
+            _sync(device)
+            t0 = time.perf_counter()
+            for _ in range(a.repeats):
+                aligner.measure(image, classes, seed=0, elbo=False)
+            _sync(device)
+            t_att = (time.perf_counter() - t0) / a.repeats
+            for mode in ("batched", "loop"):
+                fn = (lambda: class_losses(ad, x0, cond, t, eps, batch_size=a.batch_size)) if mode == "batched" \
+                    else (lambda: class_losses_loop(ad, x0, cond, t, eps))
+                fn()
+                _sync(device)
+                t0 = time.perf_counter()
+                for _ in range(a.repeats):
+                    fn()
+                _sync(device)
+                t_elbo = (time.perf_counter() - t0) / a.repeats
+                rows.append({"classes": n, "elbo": mode, "s_per_image": t_att + t_elbo,
+                             "images_per_s": 1.0 / (t_att + t_elbo), "elbo_passes_per_s": n * len(t) / t_elbo})
+    df = pd.DataFrame(rows)
+    loop = df[df.elbo == "loop"].set_index("classes").s_per_image
+    df["speedup_vs_loop"] = [loop[r.classes] / r.s_per_image for r in df.itertuples()]
+    mem = f", peak CUDA memory {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB" if device.startswith("cuda") else ""
+    print(f"arch={a.arch} device={device} dtype={str(dtype).replace('torch.', '')} elbo_steps={a.elbo_steps} "
+          f"attention_steps={aligner.config.attention_steps} batch_size={a.batch_size} threads={torch.get_num_threads()}{mem}")
+    print(df.to_markdown(index=False, floatfmt=".3f"))
+    if a.csv:
+        df.to_csv(a.csv, index=False)
+    return df
+
+
+if __name__ == "__main__":
+    main()

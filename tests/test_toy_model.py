@@ -1,0 +1,65 @@
+"""The committed toy model loads as an ordinary diffusers pipeline; training runs and resumes."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from elbo_lib.toy.architecture import ToyArchitecture
+from elbo_lib.toy.train import TrainConfig, train
+from elbo_lib.toy.world import WorldConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+TOY = ROOT / "data" / "toy-sd"
+TINY_ARCH = ToyArchitecture(image_size=32, vae_channels=(16, 16), unet_channels=(16, 16, 16), text_width=32)
+TINY_TRAIN = TrainConfig(n_scenes=24, vae_steps=2, vae_batch=4, unet_steps=4, batch=4, checkpoint_every=1, threads=1)
+TINY_WORLD = WorldConfig(image_size=32, radius=(4.0, 8.0))
+
+
+def test_toy_pipeline_loads_and_samples():
+    from diffusers import StableDiffusionPipeline
+    pipe = StableDiffusionPipeline.from_pretrained(TOY)
+    pipe.set_progress_bar_config(disable=True)
+    out = pipe("a red circle and a blue star", num_inference_steps=2, generator=torch.Generator().manual_seed(0),
+               output_type="np").images
+    assert out.shape == (1, 64, 64, 3) and np.isfinite(out).all()
+    assert pipe.unet.config.sample_size * pipe.vae_scale_factor == 64
+    from elbo_lib.attention import capture_attention
+    ids = pipe.tokenizer(["a red circle"], return_tensors="pt").input_ids
+    with torch.no_grad(), capture_attention(pipe.unet, (16, 16), self_attn=False) as store:
+        pipe.unet(torch.zeros(1, 4, 16, 16), 10, pipe.text_encoder(ids).last_hidden_state)
+    assert max(p.shape[1] for p in store.cross.values()) == 16 * 16  # finest cross-attention map: 16x16
+    meta = json.loads((TOY / "training.json").read_text())
+    assert meta["world"]["rare_frequency"] <= 0.01
+    size = sum(f.stat().st_size for f in TOY.rglob("*") if f.is_file())
+    assert size < 25 * 2**20
+
+
+def test_two_training_steps_and_resume(tmp_path, monkeypatch):
+    out_a = train(tmp_path / "a", tmp_path / "wa", TINY_TRAIN, TINY_WORLD, TINY_ARCH)
+    # interrupt a second run after two UNet steps, then resume it
+    import elbo_lib.toy.train as tr
+    calls = {"n": 0}
+    orig = tr._ema_update
+
+    def flaky(ema, model, decay):
+        orig(ema, model, decay)
+        if ema.__class__.__name__ == "CLIPTextModel":
+            calls["n"] += 1
+            if calls["n"] == 2:
+                raise KeyboardInterrupt
+    monkeypatch.setattr(tr, "_ema_update", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        train(tmp_path / "b", tmp_path / "wb", TINY_TRAIN, TINY_WORLD, TINY_ARCH)
+    monkeypatch.setattr(tr, "_ema_update", orig)
+    assert torch.load(tmp_path / "wb" / "unet.pt", weights_only=False)["step"] == 1
+    out_b = train(tmp_path / "b", tmp_path / "wb", TINY_TRAIN, TINY_WORLD, TINY_ARCH)
+    from safetensors.torch import load_file
+    for sub in ("unet", "text_encoder", "vae"):
+        fa = next((out_a / sub).glob("*.safetensors"))
+        a, b = load_file(fa), load_file(out_b / sub / fa.name)
+        for k in a:
+            torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
+    with pytest.raises(ValueError, match="different configuration"):
+        train(tmp_path / "c", tmp_path / "wa", TrainConfig(n_scenes=25, vae_steps=2), TINY_WORLD, TINY_ARCH)
