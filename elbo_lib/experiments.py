@@ -1,0 +1,102 @@
+"""The paper's ablations as variants of one cached superset measurement.
+
+Every notebook measures with :data:`SUPERSET` (100 even ELBO timesteps, 30 attention timesteps
+up to t = 0.6) and picks subsets, so one cold pass serves Tables II, VI-IX and Fig. 7:
+- the paper's 20 "even" ELBO timesteps (1, 51, ..., 951) are every 5th superset timestep;
+- the paper's 10 attention timesteps (t = 0.02 ... 0.2) are the first 10.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .aligner import AlignConfig
+from .elbo import attention_timesteps, elbo_timesteps
+from .evaluation.runner import Variant, evaluate
+
+SUPERSET = dict(elbo_steps=100, elbo_strategy="even", attention_steps=30, attention_t_max=0.6)
+SUPERSET_ELBO_T = elbo_timesteps(100, "even")
+SUPERSET_ATT_T = attention_timesteps(30, 0.6)
+
+
+def superset_config(model: str = "data/toy-sd", **overrides) -> AlignConfig:
+    p = Path(model) / "training.json"
+    hints = json.loads(p.read_text()).get("recommended", {}) if p.exists() else {}
+    hints = {k: v for k, v in hints.items() if k in ("elbo_template", "caption_template", "caption_item")}
+    return AlignConfig(**{**hints, **SUPERSET, **overrides})
+
+
+def elbo_subset(n: int = 20, strategy: str = "even", seed: int = 0) -> tuple[int, ...]:
+    """Indices into the superset ELBO timesteps for ``n`` timesteps of a Table VII strategy."""
+    if strategy == "even":
+        if 100 % n:
+            raise ValueError(f"'even' subsets of the 100-step superset need n dividing 100, got {n}")
+        return tuple(range(0, 100, 100 // n)) if n > 1 else (50,)
+    if strategy == "random":
+        return tuple(sorted(np.random.default_rng([seed, 11]).choice(100, n, replace=False).tolist()))
+    lo, hi = {"small": (0.0, 0.2), "middle": (0.4, 0.6), "large": (0.7, 0.9)}[strategy]
+    inside = [k for k, t in enumerate(SUPERSET_ELBO_T) if lo <= t < hi]
+    pick = np.linspace(0, len(inside) - 1, n).round().astype(int)
+    return tuple(inside[i] for i in pick)
+
+
+def attention_subset(count: int = 10, t_max: float = 0.2, t_min: float = 0.0) -> tuple[int, ...]:
+    """Indices of ``count`` superset attention timesteps spread over (t_min, t_max]."""
+    inside = [k for k, t in enumerate(SUPERSET_ATT_T) if t_min < t <= t_max + 1e-9]
+    if count > len(inside):
+        raise ValueError(f"only {len(inside)} superset attention timesteps lie in ({t_min}, {t_max}]")
+    if len(inside) % count == 0:  # evenly spaced, ending at the range's end (0.04, 0.08, ... for 5 of 10)
+        step = len(inside) // count
+        return tuple(inside[i] for i in range(step - 1, len(inside), step))
+    pick = np.linspace(len(inside) - 1, 0, count).round().astype(int)
+    return tuple(inside[i] for i in sorted(set(pick.tolist())))
+
+
+PAPER_ELBO = elbo_subset(20, "even")
+PAPER_ATT = attention_subset(10, 0.2)
+
+
+def variant(name: str, cfg: AlignConfig, elbo_idx=PAPER_ELBO, attention_idx=PAPER_ATT, **overrides) -> Variant:
+    return Variant(name, dataclasses.replace(cfg, **overrides), tuple(elbo_idx), tuple(attention_idx))
+
+
+def paper_variants(cfg: AlignConfig) -> list[Variant]:
+    return [variant("uncalibrated", cfg, calibrate=False), variant("calibrated", cfg)]
+
+
+def run(variants: list[Variant], model: str = "data/toy-sd", dataset: str = "toy-test", limit: int | None = None,
+        seed: int = 0, cfg: AlignConfig | None = None, **kw) -> dict:
+    """Evaluate variants of the superset measurement (the first call per dataset fills the cache)."""
+    cfg = cfg or superset_config(model)
+    if not any(v.name == "uncalibrated" for v in variants):
+        variants = [variant("uncalibrated", cfg, calibrate=False)] + list(variants)
+    return evaluate(model, dataset, limit=limit, config=cfg, seed=seed, variants=variants, **kw)
+
+
+def table(metrics: dict) -> pd.DataFrame:
+    """One row per variant: oracle and held-out mIoU (with thresholds and CIs) and the paired
+    held-out difference against 'uncalibrated'."""
+    rows = []
+    for name, e in metrics["variants"].items():
+        r = {"variant": name, "oracle_mIoU": e["oracle"]["miou"], "oracle_thr": e["oracle"]["threshold"]}
+        if "heldout" in e:
+            h = e["heldout"]
+            r.update(heldout_mIoU=h["miou"], heldout_thr=h["threshold"],
+                     heldout_ci95=f"[{h['ci95'][0]:.3f}, {h['ci95'][1]:.3f}]")
+            if "diff_ci95" in h:
+                r.update(delta_vs_uncal=h["minus_uncalibrated"],
+                         delta_ci95=f"[{h['diff_ci95'][0]:+.3f}, {h['diff_ci95'][1]:+.3f}]")
+        rows.append(r)
+    return pd.DataFrame(rows)
+
+
+def save_table(df: pd.DataFrame, name: str, figures: str | Path = "figures") -> None:
+    """figures/<name>.csv and figures/<name>.md."""
+    figures = Path(figures)
+    figures.mkdir(parents=True, exist_ok=True)
+    df.to_csv(figures / f"{name}.csv", index=False)
+    (figures / f"{name}.md").write_text(df.to_markdown(index=False, floatfmt=".3f") + "\n")

@@ -1,0 +1,52 @@
+import numpy as np
+import pytest
+
+from elbo_lib.aligner import AlignConfig
+from elbo_lib.elbo import attention_timesteps, elbo_timesteps
+from elbo_lib.experiments import (PAPER_ATT, PAPER_ELBO, SUPERSET_ATT_T, SUPERSET_ELBO_T, attention_subset,
+                                  elbo_subset)
+from elbo_lib.explore import SceneKnobs, ToyExplorer, build_scene, widget_ranges
+
+
+def test_superset_contains_paper_timesteps():
+    np.testing.assert_allclose(SUPERSET_ELBO_T[list(PAPER_ELBO)], elbo_timesteps(20, "even"))
+    np.testing.assert_allclose(SUPERSET_ATT_T[list(PAPER_ATT)], attention_timesteps(10, 0.2))
+    for s, (lo, hi) in {"small": (0, 0.2), "middle": (0.4, 0.6), "large": (0.7, 0.9)}.items():
+        ts = SUPERSET_ELBO_T[list(elbo_subset(10, s))]
+        assert len(set(ts)) == 10 and ts.min() >= lo and ts.max() < hi
+    np.testing.assert_allclose(SUPERSET_ATT_T[list(attention_subset(5, 0.2))], [0.04, 0.08, 0.12, 0.16, 0.2])
+    with pytest.raises(ValueError, match="dividing 100"):
+        elbo_subset(7, "even")
+    with pytest.raises(ValueError, match="only"):
+        attention_subset(20, 0.2)
+
+
+def test_scene_knobs():
+    base = build_scene(SceneKnobs())
+    small = build_scene(SceneKnobs(target_radius=5))
+    assert small.visible_area(0) < base.visible_area(0) / 3
+    occ = build_scene(SceneKnobs(occlusion=0.5))
+    assert occ.visible_area(0) < 0.65 * base.visible_area(0)
+    crowd = build_scene(SceneKnobs(distractors=4))
+    assert len(crowd.objects) == 7 and crowd.classes == base.classes
+    assert build_scene(SceneKnobs(rare=True)).objects[0].shape == "heart"
+    for bad in (dict(target_radius=1), dict(occlusion=0.95), dict(distractors=12)):
+        with pytest.raises(ValueError):
+            SceneKnobs(**bad)
+
+
+def test_explorer_caches_model_calls(pipes, monkeypatch):
+    import elbo_lib.explore as ex
+    monkeypatch.setattr(ex, "superset_config", lambda d: AlignConfig(elbo_steps=100, attention_steps=30,
+                                                                     attention_t_max=0.6, caption_item="a {}",
+                                                                     batch_size=128))
+    e = ToyExplorer(pipes["sd1"])
+    k = SceneKnobs(target_radius=8)
+    s1, r1 = e.view(k, gamma=1 / 3)
+    s2, r2 = e.view(k, gamma=1.0, elbo_steps=5, elbo_strategy="even", attention_steps=5)
+    assert e.model_calls == 1
+    np.testing.assert_array_equal(r2.heatmaps, r2.raw)  # gamma = 1: no calibration
+    assert r1.elbo.shape[1] == 20 and r2.elbo.shape[1] == 5
+    e.view(SceneKnobs(target_radius=6))
+    assert e.model_calls == 2
+    assert set(widget_ranges()) >= {"gamma", "elbo_steps", "elbo_strategy", "attention_steps", "target_radius"}
