@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -23,11 +24,30 @@ SUPERSET_ELBO_T = elbo_timesteps(100, "even")
 SUPERSET_ATT_T = attention_timesteps(30, 0.6)
 
 
-def superset_config(model: str = "data/toy-sd", **overrides) -> AlignConfig:
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def use_repo_root() -> Path:
+    """Make relative paths ('data/toy-sd', 'figures') resolve from the repository root, wherever the
+    notebook kernel started."""
+    os.chdir(REPO_ROOT)
+    return REPO_ROOT
+
+
+def paper_config(model: str = "data/toy-sd", **overrides) -> AlignConfig:
+    """The paper's defaults plus the prompt templates a model directory recommends (toy model)."""
     p = Path(model) / "training.json"
     hints = json.loads(p.read_text()).get("recommended", {}) if p.exists() else {}
     hints = {k: v for k, v in hints.items() if k in ("elbo_template", "caption_template", "caption_item")}
-    return AlignConfig(**{**hints, **SUPERSET, **overrides})
+    return AlignConfig(**{**hints, **overrides})
+
+
+def superset_config(model: str = "data/toy-sd", **overrides) -> AlignConfig:
+    return paper_config(model, **{**SUPERSET, **overrides})
+
+
+def is_superset(cfg: AlignConfig) -> bool:
+    return all(getattr(cfg, k) == v for k, v in SUPERSET.items())
 
 
 def elbo_subset(n: int = 20, strategy: str = "even", seed: int = 0) -> tuple[int, ...]:
@@ -61,6 +81,12 @@ PAPER_ATT = attention_subset(10, 0.2)
 
 
 def variant(name: str, cfg: AlignConfig, elbo_idx=PAPER_ELBO, attention_idx=PAPER_ATT, **overrides) -> Variant:
+    """A finalize setting; on a superset measurement the default subsets are the paper's timesteps, on a
+    measurement made with the paper's config they are all of its timesteps."""
+    if not is_superset(cfg):
+        if elbo_idx is not PAPER_ELBO or attention_idx is not PAPER_ATT:
+            raise ValueError("timestep subsets need a superset measurement (experiments.superset_config)")
+        return Variant(name, dataclasses.replace(cfg, **overrides))
     return Variant(name, dataclasses.replace(cfg, **overrides), tuple(elbo_idx), tuple(attention_idx))
 
 
@@ -100,3 +126,26 @@ def save_table(df: pd.DataFrame, name: str, figures: str | Path = "figures") -> 
     figures.mkdir(parents=True, exist_ok=True)
     df.to_csv(figures / f"{name}.csv", index=False)
     (figures / f"{name}.md").write_text(df.to_markdown(index=False, floatfmt=".3f") + "\n")
+
+
+def results(model: str = "data/toy-sd", dataset="toy-test", limit: int | None = None, seed: int = 0,
+            cfg: AlignConfig | None = None, elbo_idx=PAPER_ELBO, attention_idx=PAPER_ATT, data_root=None,
+            **overrides):
+    """(dataset, [(sample, AlignmentResult)]) for the first ``limit`` images, from the measurement cache."""
+    from .aligner import finalize
+    from .datasets import get_dataset
+    from .evaluation.runner import measure_dataset
+    cfg = cfg or superset_config(model)
+    if not is_superset(cfg):
+        elbo_idx = attention_idx = None
+    ds = get_dataset(dataset, data_root) if isinstance(dataset, str) else dataset
+    fin = dataclasses.replace(cfg, **overrides)
+    return ds, [(s, finalize(m, fin, elbo_idx, attention_idx)) for s, m in measure_dataset(model, ds, cfg, seed, limit)]
+
+
+def conditions_table(metrics: dict) -> pd.DataFrame:
+    """Target IoU per study level (Fig. 1 curves), one column per variant."""
+    rows = []
+    for name, e in metrics["variants"].items():
+        rows += [{"variant": name, **c} for c in e.get("conditions", [])]
+    return pd.DataFrame(rows)

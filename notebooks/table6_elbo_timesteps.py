@@ -1,0 +1,46 @@
+# %% [markdown]
+# # Table VI — number of ELBO timesteps
+# 1, 5, 20 (paper) and more "even" timesteps, drawn from one cached superset, with the denoiser time each costs.
+
+# %% tags=["parameters"]
+model = "data/toy-sd"
+dataset = "toy-test"
+limit = 60
+seed = 0
+device = None
+n_boot = 100
+out = "figures"
+
+# %%
+import elbo_lib.experiments as ex
+
+ex.use_repo_root()
+import time
+
+import pandas as pd
+
+from elbo_lib import Aligner, load_pipeline
+
+cfg = ex.superset_config(model)
+counts = [1, 5, 10, 20, 50, 100]
+m = ex.run([ex.variant(f"elbo={n}", cfg, elbo_idx=ex.elbo_subset(n)) for n in counts], model, dataset, limit=limit,
+           seed=seed, n_boot=n_boot)
+tab = ex.table(m)
+pipe = load_pipeline(model, device=device)
+ds, res = ex.results(model, dataset, limit=1, seed=seed)
+sample = res[0][0]
+secs = {}
+for n in counts:
+    al = Aligner(pipe, ex.superset_config(model, elbo_steps=n, attention_steps=10, attention_t_max=0.2))
+    t0 = time.perf_counter()
+    al.measure(sample.image, ds.phrases(sample.class_ids), sample.caption, seed=seed)
+    secs[f"elbo={n}"] = time.perf_counter() - t0
+tab["s_per_image"] = tab.variant.map(secs)
+ex.save_table(tab, "table6_elbo_timesteps", out)
+
+# %% tags=["nbval-check-output"]
+print(tab.drop(columns=["s_per_image"]).round(3).to_string(index=False))
+print("paper: more ELBO timesteps is better, slowly (1 < 5 < 20)")
+
+# %%
+print(tab[["variant", "s_per_image"]].round(3).to_string(index=False))

@@ -1,0 +1,27 @@
+# %% [markdown]
+# # Table VII — where the 10 ELBO timesteps are sampled
+# Small [0, 0.2], Middle [0.4, 0.6], Large [0.7, 0.9], Random, Even (paper: Random best, Even close, larger t better).
+
+# %% tags=["parameters"]
+model = "data/toy-sd"
+dataset = "toy-test"
+limit = 60
+seed = 0
+device = None
+n_boot = 100
+out = "figures"
+
+# %%
+import elbo_lib.experiments as ex
+
+ex.use_repo_root()
+cfg = ex.superset_config(model)
+strategies = ["small", "middle", "large", "random", "even"]
+m = ex.run([ex.variant(s, cfg, elbo_idx=ex.elbo_subset(10, s, seed)) for s in strategies], model, dataset,
+           limit=limit, seed=seed, n_boot=n_boot)
+tab = ex.table(m)
+ex.save_table(tab, "table7_elbo_sampling", out)
+
+# %% tags=["nbval-check-output"]
+print(tab.round(3).to_string(index=False))
+print("paper: Random best, Even close; Large > Middle > Small")
