@@ -1,31 +1,49 @@
 # The workbook's commands. Each bootstraps .venv when it is missing.
+#   make test         unit tests + every notebook under nbval (what CI runs)
+#   make test-fast    unit tests only, no notebooks, no trained-model checks
+#   make reproduce    run every notebook with full-size parameters; figures/ + figures/README.md
+#   make reproduce MODEL=stabilityai/stable-diffusion-2-1-base DATA_ROOT=/data DATASETS="voc context coco-object ade20k" DEVICE=cuda
+#   make toy-model    train the toy model from scratch (resumable)
+#   make toy-check    the toy model's quality gates -> data/toy-sd/quality.json
+#   make bench        benchmarks/bench_aligner.py
 PY := .venv/bin/python
 export HF_HUB_OFFLINE := 1
 export PYTHONHASHSEED := 0
+export MPLBACKEND := Agg
 
-.PHONY: venv test test-fast reproduce toy-model toy-check bench clean-cache
+REPRO_ARGS := $(if $(MODEL),--model $(MODEL)) $(if $(DATA_ROOT),--data-root $(DATA_ROOT)) \
+              $(if $(DATASETS),--datasets "$(DATASETS)") $(if $(DEVICE),--device $(DEVICE))
+
+.PHONY: venv test test-fast test-notebooks reproduce notebooks toy-model toy-check bench clean-cache
 
 venv: .venv/.installed
 .venv/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv .venv
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e .
+	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
 	touch $@
 
 test-fast: venv
 	$(PY) -m pytest -q -m "not slow" tests
 
 test: venv
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q tests notebooks --nbval-lax -p no:cacheprovider
+
+test-notebooks: venv
+	$(PY) -m pytest -q notebooks --nbval-lax -p no:cacheprovider
+
+notebooks: venv
+	$(PY) -m jupytext --sync notebooks/*.py
+
+reproduce: venv
+	$(PY) -m elbo_lib.workbook $(REPRO_ARGS)
 
 toy-model: venv
 	$(PY) -m elbo_lib.toy.train --out data/toy-sd --work-dir .cache/toy-train
 
 toy-check: venv
-	$(PY) -m elbo_lib.toy.check --json data/toy-sd/quality.json
-
-reproduce: venv
-	$(PY) -m elbo_lib.toy.check --json figures/toy_quality.json
+	$(PY) -m elbo_lib.toy.check --json data/toy-sd/quality.json --out-dir .cache/toy-check
 
 bench: venv
 	$(PY) benchmarks/bench_aligner.py

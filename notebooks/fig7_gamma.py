@@ -23,7 +23,7 @@ inv = [1, 1.5, 2, 3, 4, 5, 6, 8]
 variants = [ex.variant(f"1/gamma={g:g}", cfg, gamma=1 / g) for g in inv]
 rows = []
 for d in datasets:
-    m = ex.run(variants, model, d, limit=limit, seed=seed, n_boot=n_boot)
+    m = ex.run(variants, model, d, limit=limit, seed=seed, n_boot=n_boot, device=device)
     for g in inv:
         e = m["variants"][f"1/gamma={g:g}"]
         rows.append({"dataset": d, "inv_gamma": g, "oracle_mIoU": e["oracle"]["miou"], "heldout_mIoU": e["heldout"]["miou"]})

@@ -24,7 +24,7 @@ from elbo_lib.models import adapter_for
 rows = []
 for model in models:
     cfg = ex.superset_config(model)
-    m = ex.run(ex.paper_variants(cfg), model, dataset, limit=limit, seed=seed, n_boot=n_boot, data_root=data_root)
+    m = ex.run(ex.paper_variants(cfg), model, dataset, limit=limit, seed=seed, n_boot=n_boot, device=device, data_root=data_root)
     t = ex.table(m)
     ad = adapter_for(load_pipeline(model, device=device))
     t.insert(0, "objective", ad.objective)

@@ -20,7 +20,7 @@ import pandas as pd
 cfg = ex.superset_config(model)
 rows = []
 for label, nouns in (("noun phrase (paper)", False), ("single noun", True)):
-    m = ex.run(ex.paper_variants(cfg), model, dataset, limit=limit, seed=seed, n_boot=n_boot, nouns_only_elbo=nouns)
+    m = ex.run(ex.paper_variants(cfg), model, dataset, limit=limit, seed=seed, n_boot=n_boot, device=device, nouns_only_elbo=nouns)
     t = ex.table(m)
     t.insert(0, "ELBO prompt", label)
     rows.append(t)

@@ -24,7 +24,7 @@ from elbo_lib import Aligner, load_pipeline
 cfg = ex.superset_config(model)
 counts = [1, 5, 10, 20, 50, 100]
 m = ex.run([ex.variant(f"elbo={n}", cfg, elbo_idx=ex.elbo_subset(n)) for n in counts], model, dataset, limit=limit,
-           seed=seed, n_boot=n_boot)
+           seed=seed, n_boot=n_boot, device=device)
 tab = ex.table(m)
 pipe = load_pipeline(model, device=device)
 ds, res = ex.results(model, dataset, limit=1, seed=seed)

@@ -18,7 +18,7 @@ ex.use_repo_root()
 cfg = ex.superset_config(model)
 strategies = ["small", "middle", "large", "random", "even"]
 m = ex.run([ex.variant(s, cfg, elbo_idx=ex.elbo_subset(10, s, seed)) for s in strategies], model, dataset,
-           limit=limit, seed=seed, n_boot=n_boot)
+           limit=limit, seed=seed, n_boot=n_boot, device=device)
 tab = ex.table(m)
 ex.save_table(tab, "table7_elbo_sampling", out)
 

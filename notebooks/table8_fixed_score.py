@@ -17,7 +17,7 @@ ex.use_repo_root()
 cfg = ex.superset_config(model)
 fixed = [1 / 3, 1 / 2, 2 / 3]
 variants = [ex.variant(f"fixed S={s:.2f}", cfg, fixed_score=s) for s in fixed] + [ex.variant("ELBO S (paper)", cfg)]
-m = ex.run(variants, model, dataset, limit=limit, seed=seed, n_boot=n_boot)
+m = ex.run(variants, model, dataset, limit=limit, seed=seed, n_boot=n_boot, device=device)
 tab = ex.table(m)
 ex.save_table(tab, "table8_fixed_score", out)
 

@@ -119,6 +119,7 @@ def _run_cli(model_dir, data, cache, out, env):
                             cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
+@pytest.mark.slow
 def test_kill_and_resume(tmp_path, pipes):
     model_dir = tmp_path / "tiny"
     pipes["sd1"].save_pretrained(model_dir)

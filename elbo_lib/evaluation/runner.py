@@ -50,7 +50,7 @@ def _caption(sample, phrases: list[str], cfg: AlignConfig) -> str:
 
 def measure_dataset(model: str | os.PathLike, dataset: SegmentationDataset, cfg: AlignConfig, seed: int = 0,
                     limit: int | None = None, cache_dir: str | os.PathLike | None = None, pipe=None,
-                    nouns_only_elbo: bool = False, desc: str | None = None):
+                    nouns_only_elbo: bool = False, desc: str | None = None, device: str | None = None):
     """Yield (sample, measurement) for the first ``limit`` images, from the cache where present;
     the pipeline is loaded only on the first cache miss."""
     settings = {"align": cfg.measurement_key(), "seed": seed, "nouns_only_elbo": nouns_only_elbo}
@@ -67,7 +67,7 @@ def measure_dataset(model: str | os.PathLike, dataset: SegmentationDataset, cfg:
             if aligner is None:
                 if pipe is None:
                     from ..models import load_pipeline
-                    pipe = load_pipeline(model)
+                    pipe = load_pipeline(model, device=device)
                 aligner = Aligner(pipe, cfg)
             elbo_phrases = [p.split()[-1] for p in phrases] if nouns_only_elbo else None
             m = aligner.measure(sample.image, phrases, _caption(sample, phrases, cfg), seed=seed,
@@ -171,7 +171,7 @@ def evaluate(model: str | os.PathLike = "data/toy-sd", dataset: str | Segmentati
              data_root: str | None = None, limit: int | None = None, out: str | os.PathLike | None = None,
              cache_dir: str | os.PathLike | None = None, config: AlignConfig | None = None, seed: int = 0,
              gammas=(), variants: list[Variant] | None = None, heldout="auto", thresholds=THRESHOLDS,
-             n_boot: int = 1000, pipe=None, nouns_only_elbo: bool = False) -> dict:
+             n_boot: int = 1000, pipe=None, nouns_only_elbo: bool = False, device: str | None = None) -> dict:
     """Run the protocol; returns the metrics dict (and writes metrics.json, per_class.csv,
     size_buckets.csv, summary.md under ``out``)."""
     t0 = time.time()
@@ -180,13 +180,13 @@ def evaluate(model: str | os.PathLike = "data/toy-sd", dataset: str | Segmentati
         config = Aligner(pipe).config if pipe is not None else _config_for(model)
     variants = variants or default_variants(config, gammas)
     heldout = heldout_default(ds.name) if heldout == "auto" else heldout
-    eval_pairs = list(measure_dataset(model, ds, config, seed, limit, cache_dir, pipe, nouns_only_elbo))
+    eval_pairs = list(measure_dataset(model, ds, config, seed, limit, cache_dir, pipe, nouns_only_elbo, device=device))
     split_note = {"evaluated": ds.name}
     cal_scored = None
     if isinstance(heldout, str) and heldout:
         cal_ds = get_dataset(heldout, data_root)
         cal_pairs = list(measure_dataset(model, cal_ds, config, seed, limit, cache_dir, pipe, nouns_only_elbo,
-                                         desc=f"measure {heldout} (threshold split)"))
+                                         desc=f"measure {heldout} (threshold split)", device=device))
         cal_scored = score(cal_pairs, cal_ds, variants, thresholds)
         split_note["threshold_split"] = heldout
     elif isinstance(heldout, float) and 0 < heldout < 1:
