@@ -164,31 +164,14 @@ class Aligner:
         elbo_classes = classes if elbo_classes is None else _check_classes(elbo_classes)
         if len(elbo_classes) != len(classes):
             raise ValueError(f"elbo_classes must pair with classes one to one: {len(elbo_classes)} vs {len(classes)}")
-        pil = to_pil_rgb(image)
-        image_hw = (pil.size[1], pil.size[0])
         ad = self.adapter
         if caption is None:
             caption = default_caption(classes, cfg.caption_template, cfg.caption_item)
         positions = [[p + ad.token_offset for p in token_positions(ad.tokenizer, caption, c)] for c in classes]
-        x0 = ad.encode_image(ad.preprocess(pil, cfg.resolution))
-        check_finite(x0, "image latent")
-        latent_hw = (x0.shape[-2] // ad.patch_size, x0.shape[-1] // ad.patch_size)
-
-        # attention at small t with the caption (Alg. 1 line 2)
+        x0, image_hw = self.encode(image, cfg)
         t_att = torch.as_tensor(attention_timesteps(cfg.attention_steps, cfg.attention_t_max), dtype=torch.float64)
-        eps_att = shared_noise(x0.shape[1:], len(t_att), seed + 7919, ad.device, torch.float32)
-        a, s = ad.alpha_sigma(t_att)
-        view = (-1,) + (1,) * (x0.ndim - 1)
-        z_att = a.view(view) * x0.float() + s.view(view) * eps_att
-        cond_cap = ad.encode_text([caption])
         cross_maps, self_sum = [], None
-        for start in range(0, len(t_att), cfg.batch_size):
-            sl = slice(start, min(start + cfg.batch_size, len(t_att)))
-            nb = sl.stop - sl.start
-            with capture_attention(ad.denoiser, latent_hw, joint=ad.joint_attention,
-                                   self_attn=cfg.self_attention) as store:
-                out = ad.predict(z_att[sl].to(ad.dtype), t_att[sl], cond_cap.index(torch.zeros(nb, dtype=torch.long)))
-            check_finite(out, "denoiser output")
+        for store in self.attention_passes(x0, caption, t_att, seed, cfg, self_attn=cfg.self_attention):
             out_hw = store.layer_hw(max(store.self_sums)) if cfg.self_attention and store.self_sums else None
             tok = aggregate_cross(store, cfg.layer_weights, out_hw)  # (b, T_tokens, h, w)
             cross_maps.append(torch.stack([tok[:, p].mean(1) for p in positions], 1))  # (b, N, h, w)
@@ -208,6 +191,32 @@ class Aligner:
         cond_cls = ad.encode_text([cfg.elbo_template.format(c) for c in elbo_classes])
         losses = class_losses(ad, x0, cond_cls, t_elbo, eps, cfg.weighting, cfg.batch_size, progress)
         return Measurement(classes, caption, t_elbo_np, losses.cpu(), t_att.numpy(), cross, self_attn, image_hw)
+
+
+    def encode(self, image, cfg: AlignConfig) -> tuple[torch.Tensor, tuple[int, int]]:
+        """Alg. 1 line 1: image -> latent x0 (1, C, h, w), and the input size (H, W)."""
+        pil = to_pil_rgb(image)
+        x0 = self.adapter.encode_image(self.adapter.preprocess(pil, cfg.resolution))
+        return check_finite(x0, "image latent"), (pil.size[1], pil.size[0])
+
+    def attention_passes(self, x0: torch.Tensor, caption: str, t_att: torch.Tensor, seed: int, cfg: AlignConfig,
+                         **capture_kw):
+        """Alg. 1 line 2: noise x0 at each attention time (Eq. 2) and run the denoiser with the caption
+        under :func:`capture_attention`; yields one store per batch of timesteps."""
+        ad = self.adapter
+        latent_hw = (x0.shape[-2] // ad.patch_size, x0.shape[-1] // ad.patch_size)
+        eps_att = shared_noise(x0.shape[1:], len(t_att), seed + 7919, ad.device, torch.float32)
+        a, s = ad.alpha_sigma(t_att)
+        view = (-1,) + (1,) * (x0.ndim - 1)
+        z_att = a.view(view) * x0.float() + s.view(view) * eps_att
+        cond_cap = ad.encode_text([caption])
+        for start in range(0, len(t_att), cfg.batch_size):
+            sl = slice(start, min(start + cfg.batch_size, len(t_att)))
+            nb = sl.stop - sl.start
+            with capture_attention(ad.denoiser, latent_hw, joint=ad.joint_attention, **capture_kw) as store:
+                out = ad.predict(z_att[sl].to(ad.dtype), t_att[sl], cond_cap.index(torch.zeros(nb, dtype=torch.long)))
+            check_finite(out, "denoiser output")
+            yield store
 
 
 def _check_classes(classes) -> list[str]:

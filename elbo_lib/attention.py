@@ -42,9 +42,17 @@ class AttentionStore:
     cross: dict[str, torch.Tensor] = field(default_factory=dict)
     self_sums: dict[int, torch.Tensor] = field(default_factory=dict)
     self_counts: dict[int, int] = field(default_factory=dict)
+    all_resolutions: bool = False  # keep self-attention of every resolution (DiffSeg), not just the finest
+    keep_queries: bool = False     # keep cross-attention queries and modules (OVAM)
+    queries: dict[str, torch.Tensor] = field(default_factory=dict)
+    modules: dict[str, object] = field(default_factory=dict)
 
     def add_self(self, probs_bqk: torch.Tensor) -> None:
         n = probs_bqk.shape[-1]
+        if self.all_resolutions:
+            self.self_sums[n] = probs_bqk if n not in self.self_sums else self.self_sums[n] + probs_bqk
+            self.self_counts[n] = self.self_counts.get(n, 0) + 1
+            return
         if self.self_sums and n < max(self.self_sums):
             return
         if self.self_sums and n > max(self.self_sums):
@@ -111,6 +119,8 @@ class CaptureProcessor:
         out, probs = _explicit_attention(query, key, value, attention_mask)
         if is_cross and self.cross:
             self.store.cross[self.name] = probs.mean(dim=1)
+            if self.store.keep_queries:
+                self.store.queries[self.name], self.store.modules[self.name] = query.detach(), attn
         elif not is_cross and self.self_attn:
             self.store.add_self(probs.mean(dim=1))
         hidden_states = out.transpose(1, 2).reshape(batch_size, -1, attn.heads * head_dim).to(query.dtype)
@@ -181,13 +191,16 @@ def is_self_attention_layer(name: str, joint: bool) -> bool:
 @contextlib.contextmanager
 def capture_attention(denoiser: torch.nn.Module, latent_hw: tuple[int, int], *, joint: bool = False,
                       cross: bool = True, self_attn: bool = True,
-                      layer_filter: Callable[[str], bool] | None = None) -> Iterator[AttentionStore]:
+                      layer_filter: Callable[[str], bool] | None = None, all_resolutions: bool = False,
+                      keep_queries: bool = False) -> Iterator[AttentionStore]:
     """Install capture processors on ``denoiser`` for one or more forward passes; restore on exit.
 
     ``latent_hw`` is the denoiser's token grid at the finest resolution (latent size / patch size).
+    ``all_resolutions`` keeps self-attention of every resolution; ``keep_queries`` keeps the
+    cross-attention queries (for attribution prompts, OVAM).
     """
     original = dict(denoiser.attn_processors)
-    store = AttentionStore(latent_hw=tuple(latent_hw))
+    store = AttentionStore(latent_hw=tuple(latent_hw), all_resolutions=all_resolutions, keep_queries=keep_queries)
     cls = JointCaptureProcessor if joint else CaptureProcessor
     new = {}
     for name, proc in original.items():

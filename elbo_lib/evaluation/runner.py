@@ -35,6 +35,12 @@ class Variant:
     config: AlignConfig
     elbo_idx: tuple[int, ...] | None = None
     attention_idx: tuple[int, ...] | None = None
+    heatmaps: object = None  # optional (Measurement, AlignConfig) -> (N, H, W) replacing finalize (baselines)
+
+    def heatmaps_of(self, m: Measurement) -> np.ndarray:
+        if self.heatmaps is not None:
+            return self.heatmaps(m, self.config)
+        return finalize(m, self.config, self.elbo_idx, self.attention_idx).heatmaps
 
 
 def default_variants(cfg: AlignConfig, gammas=()) -> list[Variant]:
@@ -50,10 +56,14 @@ def _caption(sample, phrases: list[str], cfg: AlignConfig) -> str:
 
 def measure_dataset(model: str | os.PathLike, dataset: SegmentationDataset, cfg: AlignConfig, seed: int = 0,
                     limit: int | None = None, cache_dir: str | os.PathLike | None = None, pipe=None,
-                    nouns_only_elbo: bool = False, desc: str | None = None, device: str | None = None):
+                    nouns_only_elbo: bool = False, desc: str | None = None, device: str | None = None,
+                    measure_fn=None, method: str = "aligner", elbo: bool = True):
     """Yield (sample, measurement) for the first ``limit`` images, from the cache where present;
-    the pipeline is loaded only on the first cache miss."""
+    the pipeline is loaded only on the first cache miss. ``measure_fn(aligner, image, classes, caption,
+    seed, cfg)`` replaces Aligner.measure (baselines; ``method`` names it in the cache key)."""
     settings = {"align": cfg.measurement_key(), "seed": seed, "nouns_only_elbo": nouns_only_elbo}
+    if method != "aligner" or not elbo:
+        settings.update(method=method, elbo=elbo)
     cache = MeasurementCache(cache_dir, model, settings)
     aligner = None
     n = len(dataset) if limit is None else min(limit, len(dataset))
@@ -70,8 +80,11 @@ def measure_dataset(model: str | os.PathLike, dataset: SegmentationDataset, cfg:
                     pipe = load_pipeline(model, device=device)
                 aligner = Aligner(pipe, cfg)
             elbo_phrases = [p.split()[-1] for p in phrases] if nouns_only_elbo else None
-            m = aligner.measure(sample.image, phrases, _caption(sample, phrases, cfg), seed=seed,
-                                elbo_classes=elbo_phrases, cfg=cfg)
+            if measure_fn is not None:
+                m = measure_fn(aligner, sample.image, phrases, _caption(sample, phrases, cfg), seed, cfg)
+            else:
+                m = aligner.measure(sample.image, phrases, _caption(sample, phrases, cfg), seed=seed,
+                                    elbo_classes=elbo_phrases, cfg=cfg, elbo=elbo)
             cache.put(sample.id, m)
         yield sample, m
 
@@ -90,8 +103,7 @@ def score(pairs_sm, dataset: SegmentationDataset, variants: list[Variant], thres
     acc = {v.name: ([], [], []) for v in variants}
     for img_idx, (sample, m) in enumerate(pairs_sm):
         for v in variants:
-            res = finalize(m, v.config, v.elbo_idx, v.attention_idx)
-            inter, union = per_image_iu(res.heatmaps, sample.label, sample.class_ids, thresholds, n_global,
+            inter, union = per_image_iu(v.heatmaps_of(m), sample.label, sample.class_ids, thresholds, n_global,
                                         dataset.ignore_index)
             acc[v.name][0].append(inter.astype(np.int32))
             acc[v.name][1].append(union.astype(np.int32))
@@ -171,7 +183,8 @@ def evaluate(model: str | os.PathLike = "data/toy-sd", dataset: str | Segmentati
              data_root: str | None = None, limit: int | None = None, out: str | os.PathLike | None = None,
              cache_dir: str | os.PathLike | None = None, config: AlignConfig | None = None, seed: int = 0,
              gammas=(), variants: list[Variant] | None = None, heldout="auto", thresholds=THRESHOLDS,
-             n_boot: int = 1000, pipe=None, nouns_only_elbo: bool = False, device: str | None = None) -> dict:
+             n_boot: int = 1000, pipe=None, nouns_only_elbo: bool = False, device: str | None = None,
+             baselines=()) -> dict:
     """Run the protocol; returns the metrics dict (and writes metrics.json, per_class.csv,
     size_buckets.csv, summary.md under ``out``)."""
     t0 = time.time()
@@ -180,24 +193,34 @@ def evaluate(model: str | os.PathLike = "data/toy-sd", dataset: str | Segmentati
         config = Aligner(pipe).config if pipe is not None else _config_for(model)
     variants = variants or default_variants(config, gammas)
     heldout = heldout_default(ds.name) if heldout == "auto" else heldout
-    eval_pairs = list(measure_dataset(model, ds, config, seed, limit, cache_dir, pipe, nouns_only_elbo, device=device))
+    # one measurement per method: ELBO-T2IAlign's, then each baseline's (shared where settings coincide)
+    from ..baselines import get_baseline
+    groups = [(config, None, "aligner", True, variants)]
+    for name in baselines:
+        b = get_baseline(name)
+        bcfg = dataclasses.replace(config, **b.measure_overrides)
+        groups.append((bcfg, b.measure, b.method, b.elbo, [Variant(b.name, bcfg, heatmaps=b.heatmaps)]))
     split_note = {"evaluated": ds.name}
-    cal_scored = None
-    if isinstance(heldout, str) and heldout:
-        cal_ds = get_dataset(heldout, data_root)
-        cal_pairs = list(measure_dataset(model, cal_ds, config, seed, limit, cache_dir, pipe, nouns_only_elbo,
-                                         desc=f"measure {heldout} (threshold split)", device=device))
-        cal_scored = score(cal_pairs, cal_ds, variants, thresholds)
-        split_note["threshold_split"] = heldout
-    elif isinstance(heldout, float) and 0 < heldout < 1:
-        perm = np.random.default_rng([seed, 31337]).permutation(len(eval_pairs))
-        n_cal = max(1, int(round(heldout * len(eval_pairs))))
-        cal_idx, ev_idx = sorted(perm[:n_cal]), sorted(perm[n_cal:])
-        cal_scored = score([eval_pairs[i] for i in cal_idx], ds, variants, thresholds)
-        split_note.update(threshold_split=f"fraction {heldout} of {ds.name}",
-                          calibration_ids=[eval_pairs[i][0].id for i in cal_idx])
-        eval_pairs = [eval_pairs[i] for i in ev_idx]
-    scored = score(eval_pairs, ds, variants, thresholds)
+    scored, cal_scored = {}, ({} if heldout else None)
+    cal_ds = get_dataset(heldout, data_root) if isinstance(heldout, str) and heldout else None
+    for gcfg, fn, method, elbo, gvars in groups:
+        kw = dict(cache_dir=cache_dir, pipe=pipe, nouns_only_elbo=nouns_only_elbo, device=device, measure_fn=fn,
+                  method=method, elbo=elbo)
+        eval_pairs = list(measure_dataset(model, ds, gcfg, seed, limit, desc=f"measure {ds.name} [{method}]", **kw))
+        if cal_ds is not None:
+            cal_pairs = list(measure_dataset(model, cal_ds, gcfg, seed, limit,
+                                             desc=f"measure {heldout} (threshold split) [{method}]", **kw))
+            cal_scored.update(score(cal_pairs, cal_ds, gvars, thresholds))
+            split_note["threshold_split"] = heldout
+        elif isinstance(heldout, float) and 0 < heldout < 1:
+            perm = np.random.default_rng([seed, 31337]).permutation(len(eval_pairs))
+            n_cal = max(1, int(round(heldout * len(eval_pairs))))
+            cal_idx, ev_idx = sorted(perm[:n_cal]), sorted(perm[n_cal:])
+            cal_scored.update(score([eval_pairs[i] for i in cal_idx], ds, gvars, thresholds))
+            split_note.update(threshold_split=f"fraction {heldout} of {ds.name}",
+                              calibration_ids=[eval_pairs[i][0].id for i in cal_idx])
+            eval_pairs = [eval_pairs[i] for i in ev_idx]
+        scored.update(score(eval_pairs, ds, gvars, thresholds))
     metrics = summarize(scored, cal_scored, ds, thresholds, n_boot, seed)
     metrics.update(model=str(model), dataset=ds.name, seed=seed, limit=limit, split=split_note,
                    config={k: (v if not callable(v) else repr(v)) for k, v in dataclasses.asdict(config).items()},

@@ -1,0 +1,42 @@
+"""Baseline registry."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+BASELINES: dict[str, "Baseline"] = {}
+
+
+class NotRunnable(RuntimeError):
+    """A baseline that cannot run here (the reason is its message)."""
+
+
+@dataclass(frozen=True)
+class Baseline:
+    name: str
+    heatmaps: Callable  # (Measurement, AlignConfig) -> (N, H, W) in [0, 1]
+    measure_overrides: dict = field(default_factory=dict)  # AlignConfig fields for its measurement
+    measure: Callable | None = None  # (Aligner, image, classes, caption, seed, cfg) -> Measurement; None = Aligner's
+    method: str = "aligner"          # cache tag of the measure function
+    elbo: bool = False               # whether its measurement needs the ELBO losses
+    notes: str = ""
+
+
+def register(b: Baseline) -> Baseline:
+    BASELINES[b.name] = b
+    return b
+
+
+def get_baseline(name: str) -> Baseline:
+    if name not in BASELINES:
+        raise ValueError(f"unknown baseline {name!r}; choose from {sorted(BASELINES)}")
+    return BASELINES[name]
+
+
+def minmax_np(x: np.ndarray) -> np.ndarray:
+    """Per-class min-max normalisation of (N, H, W) maps; a constant map becomes 0."""
+    lo = x.min(axis=(1, 2), keepdims=True)
+    rng = x.max(axis=(1, 2), keepdims=True) - lo
+    return np.where(rng > 0, (x - lo) / np.where(rng > 0, rng, 1), 0.0)
