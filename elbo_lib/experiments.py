@@ -76,6 +76,8 @@ def attention_subset(count: int = 10, t_max: float = 0.2, t_min: float = 0.0) ->
     return tuple(inside[i] for i in sorted(set(pick.tolist())))
 
 
+DIFFPNG_NOTE = ("not run: DiffPNG localises with the Segment Anything Model (SAM), whose weights cannot be "
+                "downloaded on these machines; its row stays empty rather than filled with a guess")
 PAPER_ELBO = elbo_subset(20, "even")
 PAPER_ATT = attention_subset(10, 0.2)
 

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from ..calibrate import upsample
-from .base import Baseline, minmax_np, register
+from .base import PAPER_TIMESTEPS, Baseline, minmax_np, register
 
 
 def summed_maps(m) -> torch.Tensor:
@@ -27,5 +27,5 @@ def heatmaps(m, cfg) -> np.ndarray:
     return minmax_np(upsample(summed_maps(m), m.image_hw).numpy())
 
 
-DAAM = register(Baseline("DAAM", heatmaps, measure_overrides=dict(layer_weights="uniform", self_attention=False),
+DAAM = register(Baseline("DAAM", heatmaps, measure_overrides=dict(layer_weights="uniform", self_attention=False, **PAPER_TIMESTEPS),
                          notes=__doc__.strip().splitlines()[0]))

@@ -25,7 +25,7 @@ from ..attention import aggregate_cross
 from ..calibrate import minmax
 from ..elbo import attention_timesteps
 from ..tokens import default_caption, token_positions
-from .base import Baseline, register
+from .base import PAPER_TIMESTEPS, Baseline, register
 
 TAU = 1.1
 ITERATIONS = 3
@@ -104,5 +104,5 @@ def measure(aligner, image, classes, caption, seed, cfg) -> Measurement:
                        torch.cat(cross).float().cpu(), (self_sum / len(t_att)).float().cpu(), image_hw)
 
 
-DIFFSEG = register(Baseline("Semantic DiffSeg", heatmaps, measure_overrides=dict(layer_weights="uniform"),
+DIFFSEG = register(Baseline("Semantic DiffSeg", heatmaps, measure_overrides=dict(layer_weights="uniform", **PAPER_TIMESTEPS),
                             measure=measure, method="diffseg", notes="tau 1.1, 3 iterations, anchors every 2nd token"))

@@ -22,7 +22,7 @@ from ..aligner import Measurement
 from ..attention import AttentionStore, aggregate_cross
 from ..elbo import attention_timesteps
 from ..tokens import default_caption, token_positions
-from .base import Baseline, NotRunnable, register
+from .base import PAPER_TIMESTEPS, Baseline, NotRunnable, register
 from .daam import heatmaps as daam_heatmaps
 
 
@@ -66,6 +66,6 @@ def measure(aligner, image, classes, caption, seed, cfg) -> Measurement:
                        image_hw)
 
 
-OVAM = register(Baseline("OVAM", daam_heatmaps, measure_overrides=dict(self_attention=False, layer_weights="uniform"),
+OVAM = register(Baseline("OVAM", daam_heatmaps, measure_overrides=dict(self_attention=False, layer_weights="uniform", **PAPER_TIMESTEPS),
                          measure=measure, method="ovam-unoptimised",
                          notes="un-optimised (no token optimisation: needs annotated masks)"))
