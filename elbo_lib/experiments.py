@@ -151,3 +151,24 @@ def conditions_table(metrics: dict) -> pd.DataFrame:
     for name, e in metrics["variants"].items():
         rows += [{"variant": name, **c} for c in e.get("conditions", [])]
     return pd.DataFrame(rows)
+
+
+def method_heatmaps(model: str = "data/toy-sd", dataset="toy-test", limit: int | None = None, seed: int = 0,
+                    baselines=("DAAM", "DiffSegmenter", "OVAM", "Semantic DiffSeg"), cfg: AlignConfig | None = None):
+    """{method: [(sample, heatmaps (N, H, W))]} for ELBO-T2IAlign, the uncalibrated maps and each
+    baseline, on the same images (from the measurement cache)."""
+    from .baselines import get_baseline
+    from .datasets import get_dataset
+    from .evaluation.runner import measure_dataset
+    cfg = cfg or superset_config(model)
+    ds = get_dataset(dataset) if isinstance(dataset, str) else dataset
+    out = {"ELBO-T2IAlign": [], "uncalibrated": []}
+    for s, m in measure_dataset(model, ds, cfg, seed, limit):
+        out["ELBO-T2IAlign"].append((s, variant("c", cfg).heatmaps_of(m)))
+        out["uncalibrated"].append((s, variant("u", cfg, calibrate=False).heatmaps_of(m)))
+    for name in baselines:
+        b = get_baseline(name)
+        bcfg = dataclasses.replace(cfg, **b.measure_overrides)
+        out[name] = [(s, b.heatmaps(m, bcfg)) for s, m in
+                     measure_dataset(model, ds, bcfg, seed, limit, measure_fn=b.measure, method=b.method, elbo=b.elbo)]
+    return out

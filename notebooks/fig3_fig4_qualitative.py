@@ -1,6 +1,7 @@
 # %% [markdown]
-# # Figs. 3 and 4 — heatmaps and masks on hard images, raw vs calibrated
-# "Hard" = the toy-test images whose smallest object is smallest.
+# # Figs. 3 and 4 — heatmaps and masks on hard images: every method side by side
+# "Hard" = the toy-test images whose smallest object is smallest. Rows: images; columns: methods
+# (heatmap of the smallest class, then the mask at the threshold).
 
 # %% tags=["parameters"]
 model = "data/toy-sd"
@@ -16,19 +17,43 @@ out = "figures"
 import elbo_lib.experiments as ex
 
 ex.use_repo_root()
+import matplotlib.pyplot as plt
 import numpy as np
 
-from elbo_lib.plotting import result_figure
+from elbo_lib.calibrate import masks_from_heatmaps
+from elbo_lib.plotting import mask_rgb, overlay
 
-ds, res = ex.results(model, dataset, limit=limit, seed=seed)
-multi = [(s, r) for s, r in res if len(s.class_ids) >= 2]
-hard = sorted(multi, key=lambda sr: min((sr[0].label == k).sum() for k in sr[0].class_ids))[:n_show]
+maps = ex.method_heatmaps(model, dataset, limit=limit, seed=seed)
+samples = [s for s, _ in maps["ELBO-T2IAlign"]]
+smallest = [min(s.class_ids, key=lambda k: (s.label == k).sum()) for s in samples]
+order = sorted((i for i, s in enumerate(samples) if len(s.class_ids) >= 2),
+               key=lambda i: (samples[i].label == smallest[i]).sum())[:n_show]
 
 # %% tags=["nbval-check-output"]
-for s, r in hard:
-    print(s.id, dict(zip(r.classes, np.round(r.scores, 3))))
+for i in order:
+    s = samples[i]
+    k = s.class_ids.index(smallest[i])
+    print(s.id, "smallest class area", int((s.label == smallest[i]).sum()), "px;",
+          {m: round(float(v[i][1][k].max()), 3) for m, v in maps.items()})
 
 # %%
-for i, (s, r) in enumerate(hard):
-    fig = result_figure(s.image, r, threshold, title=s.caption)
-    fig.savefig(f"{out}/fig3_fig4_qualitative_{i}.png", dpi=100)
+import torch
+
+methods = list(maps)
+fig, axes = plt.subplots(2 * len(order), len(methods) + 1, figsize=(2.0 * (len(methods) + 1), 4.2 * len(order)))
+for r, i in enumerate(order):
+    s = samples[i]
+    k = s.class_ids.index(smallest[i])
+    axes[2 * r, 0].imshow(s.image)
+    axes[2 * r, 0].set_title(s.id, fontsize=7)
+    axes[2 * r + 1, 0].imshow(mask_rgb(np.where(s.label == 255, 0, s.label) > 0, 1))
+    axes[2 * r + 1, 0].set_title("ground truth (fg)", fontsize=7)
+    for c, m in enumerate(methods):
+        h = maps[m][i][1]
+        axes[2 * r, c + 1].imshow(overlay(s.image, h[k]))
+        axes[2 * r, c + 1].set_title(m, fontsize=7)
+        axes[2 * r + 1, c + 1].imshow(mask_rgb(masks_from_heatmaps(torch.from_numpy(h), threshold).numpy(), len(s.class_ids)))
+for ax in axes.ravel():
+    ax.axis("off")
+fig.tight_layout()
+fig.savefig(f"{out}/fig3_fig4_qualitative.png", dpi=100)

@@ -1,0 +1,48 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from elbo_lib import workbook
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_segment_cli_on_toy_image(tmp_path, toy_image):
+    img = tmp_path / "scene.png"
+    Image.fromarray(toy_image.image).save(img)
+    r = subprocess.run([sys.executable, "-m", "elbo_lib", "segment", str(img), "--classes", "red circle,blue star",
+                        "--out", str(tmp_path / "out")], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = tmp_path / "out"
+    for f in ("mask.png", "mask_color.png", "overlay.png", "result.json", "heatmap_00_red_circle.png",
+              "heatmap_01_blue_star.png", "overlay_00_red_circle.png", "raw_01_blue_star.png"):
+        assert (out / f).exists(), f
+    res = json.loads((out / "result.json").read_text())
+    assert len(res["scores"]) == 2 and min(res["scores"]) >= 1 / 3 - 1e-9 and max(res["scores"]) == 1.0
+    mask = np.asarray(Image.open(out / "mask.png"))
+    assert mask.shape == (64, 64) and set(np.unique(mask)) <= {0, 1, 2}
+
+
+def test_segment_cli_bad_input(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "elbo_lib", "segment", str(tmp_path / "nope.png"), "--classes", "cat",
+                        "--out", str(tmp_path / "o")], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode != 0 and "no image file" in r.stderr
+
+
+def test_workbook_index(tmp_path):
+    pd.DataFrame({"variant": ["uncalibrated", "calibrated"], "oracle_mIoU": [0.4, 0.5],
+                  "heldout_mIoU": [0.35, 0.45]}).to_csv(tmp_path / "table8_fixed_score.csv", index=False)
+    md = workbook.write_index([{"notebook": "table8_fixed_score", "seconds": 3.0}], figures=tmp_path)
+    assert "best calibrated: 0.450" in md and "not run" in md
+    assert (tmp_path / "README.md").read_text() == md
+    for e in workbook.NOTEBOOKS:
+        assert (ROOT / "notebooks" / f"{e.name}.ipynb").exists()
+        assert (ROOT / "notebooks" / f"{e.name}.py").exists()
+        assert set(e.full) <= workbook._parameters_of(ROOT / "notebooks" / f"{e.name}.ipynb")
