@@ -43,7 +43,7 @@ class TrainConfig:
     kl_weight: float = 1e-6
     unet_steps: int = 4000
     batch: int = 32
-    lr: float = 3e-4
+    lr: float = 4e-4
     ema_decay: float = 0.999
     checkpoint_every: int = 250
     threads: int = 2
@@ -84,9 +84,11 @@ def _ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> N
 
 def train(out_dir: str | Path = "data/toy-sd", work_dir: str | Path = ".cache/toy-train",
           cfg: TrainConfig = TrainConfig(), world: WorldConfig = WorldConfig(),
-          arch: ToyArchitecture = ToyArchitecture(), export_only: bool = False) -> Path:
+          arch: ToyArchitecture = ToyArchitecture(), export_only: bool = False, extend: bool = False) -> Path:
     """Run (or resume) training and save the pipeline; ``export_only`` saves the pipeline from the
-    latest checkpoints without training further."""
+    latest checkpoints without training further; ``extend`` continues a finished run to a larger
+    ``unet_steps`` (the cosine learning-rate schedule then restarts over the new horizon, recorded
+    in training.json)."""
     out_dir, work_dir = Path(out_dir), Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(cfg.threads)
@@ -97,8 +99,15 @@ def train(out_dir: str | Path = "data/toy-sd", work_dir: str | Path = ".cache/to
     old = json.loads(meta_path.read_text()) if meta_path.exists() else None
     if old is not None:
         old["train"].pop("threads", None)
+        meta["extensions"] = old.get("extensions", [])
+        old_steps = old["train"]["unet_steps"]
+        if extend and old_steps < cfg.unet_steps:
+            old["train"]["unet_steps"] = cfg.unet_steps
+            meta["extensions"] = meta["extensions"] + [{"from_steps": old_steps, "to_steps": cfg.unet_steps}]
+        old["extensions"] = meta["extensions"]
     if old is not None and old != json.loads(json.dumps(meta)):
-        raise ValueError(f"{work_dir} holds checkpoints of a different configuration; remove it or pick another --work-dir")
+        raise ValueError(f"{work_dir} holds checkpoints of a different configuration; remove it or pick another "
+                         "--work-dir (or pass --extend to continue a run to more UNet steps)")
     meta_path.write_text(json.dumps(meta, indent=2))
 
     tokenizer = build_tokenizer(vocabulary(), model_max_length=arch.max_length)
@@ -110,10 +119,12 @@ def train(out_dir: str | Path = "data/toy-sd", work_dir: str | Path = ".cache/to
     vae = build_vae(arch)
     vae_opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr)
     vae_ckpt = work_dir / "vae.pt"
-    start = 0
+    start, seconds = 0, {"vae": 0.0, "unet": 0.0}
     if vae_ckpt.exists():
         st = torch.load(vae_ckpt, weights_only=False)
         vae.load_state_dict(st["model"]); vae_opt.load_state_dict(st["opt"]); start = st["step"]
+        seconds["vae"] = st.get("seconds", 0.0)
+    t_stage = time.time() - seconds["vae"]
     if export_only and start < cfg.vae_steps:
         raise ValueError(f"the VAE has only {start} of {cfg.vae_steps} steps in {vae_ckpt}; nothing to export yet")
     bar = tqdm(range(start, cfg.vae_steps), desc="train VAE", initial=start, total=cfg.vae_steps)
@@ -130,7 +141,8 @@ def train(out_dir: str | Path = "data/toy-sd", work_dir: str | Path = ".cache/to
         vae_opt.zero_grad(); loss.backward(); vae_opt.step()
         bar.set_postfix(loss=f"{loss.item():.4f}")
         if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.vae_steps:
-            atomic_save({"model": vae.state_dict(), "opt": vae_opt.state_dict(), "step": step + 1}, vae_ckpt)
+            atomic_save({"model": vae.state_dict(), "opt": vae_opt.state_dict(), "step": step + 1,
+                         "seconds": time.time() - t_stage}, vae_ckpt)
     vae.eval().requires_grad_(False)
 
     # ---- latents ---------------------------------------------------------------------------
@@ -162,6 +174,9 @@ def train(out_dir: str | Path = "data/toy-sd", work_dir: str | Path = ".cache/to
         unet.load_state_dict(st["unet"]); text_encoder.load_state_dict(st["text"])
         ema_unet.load_state_dict(st["ema_unet"]); ema_text.load_state_dict(st["ema_text"])
         opt.load_state_dict(st["opt"]); start = st["step"]
+        seconds["unet"] = st.get("seconds", 0.0)
+    seconds["vae"] = torch.load(vae_ckpt, weights_only=False).get("seconds", 0.0)
+    t_stage = time.time() - seconds["unet"]
     losses = []
     end = start if export_only else cfg.unet_steps
     bar = tqdm(range(start, end), desc="train UNet + text encoder", initial=start, total=cfg.unet_steps)
@@ -191,7 +206,8 @@ def train(out_dir: str | Path = "data/toy-sd", work_dir: str | Path = ".cache/to
         bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
         if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.unet_steps:
             atomic_save({"unet": unet.state_dict(), "text": text_encoder.state_dict(), "ema_unet": ema_unet.state_dict(),
-                         "ema_text": ema_text.state_dict(), "opt": opt.state_dict(), "step": step + 1}, ckpt)
+                         "ema_text": ema_text.state_dict(), "opt": opt.state_dict(), "step": step + 1,
+                         "seconds": time.time() - t_stage}, ckpt)
 
     # ---- save the pipeline -----------------------------------------------------------------
     from diffusers import StableDiffusionPipeline
@@ -202,6 +218,8 @@ def train(out_dir: str | Path = "data/toy-sd", work_dir: str | Path = ".cache/to
     pipe.save_pretrained(tmp_out, safe_serialization=True)
     (tmp_out / "training.json").write_text(json.dumps({
         **meta, "latent_scaling_factor": scaling, "elapsed_s_this_run": round(time.time() - t_start, 1),
+        "train_seconds": {"vae": round(seconds["vae"], 1),
+                          "unet": round(torch.load(ckpt, weights_only=False).get("seconds", 0.0), 1)},
         "unet_steps_done": start if export_only else cfg.unet_steps,
         "final_loss_mean_last_100": float(np.mean(losses[-100:])) if losses else None,
         "recommended": {"elbo_template": "a photo of a {}", "caption_template": "a photo of {}"},
@@ -221,11 +239,12 @@ def main(argv=None) -> None:
     p.add_argument("--out", default="data/toy-sd")
     p.add_argument("--work-dir", default=".cache/toy-train")
     p.add_argument("--export-only", action="store_true", help="save the pipeline from the latest checkpoints")
+    p.add_argument("--extend", action="store_true", help="continue a finished run to a larger --unet-steps")
     for f in dataclasses.fields(TrainConfig):
         p.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default)
     a = p.parse_args(argv)
     cfg = TrainConfig(**{f.name: getattr(a, f.name) for f in dataclasses.fields(TrainConfig)})
-    out = train(a.out, a.work_dir, cfg, export_only=a.export_only)
+    out = train(a.out, a.work_dir, cfg, export_only=a.export_only, extend=a.extend)
     print(f"saved {out}")
 
 

@@ -156,7 +156,8 @@ class WorldConfig:
     rare_frequency: float = 0.008    # P(a scene contains the rare shape)
     radius: tuple[float, float] = (6.0, 15.0)  # object half-width range, pixels
     max_occlusion: float = 0.4       # largest hidden fraction allowed per object
-    texture: float = 6.0             # std of the background texture
+    texture: float = 0.0             # std of the background texture (0: plain; texture noise in the latents
+                                     # drowns the low-t regime where attention is read)
     colour_drop: float = 0.1         # P(an object's colour is omitted from the caption)
     photo_prefix: float = 0.3        # P(caption starts with "a photo of")
     caption_dropout: float = 0.1     # P(empty caption), for classifier-free guidance
