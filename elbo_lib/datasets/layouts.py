@@ -54,24 +54,26 @@ def _stems_from_list(path: Path) -> list[str]:
     return [ln.strip() for ln in path.read_text().splitlines() if ln.strip()]
 
 
-class VOC2012(_ListedDataset):
-    name = "voc"
+class _VOCStyle(_ListedDataset):
+    """VOCdevkit layouts: JPEGImages, a label folder and an ImageSets split list."""
+
+    year_dir = label_dir = list_dir = class_file = title = ""
 
     def __init__(self, data_root: str | Path, split: str = "val"):
-        root = _need_dir(Path(data_root) / "VOCdevkit" / "VOC2012", "PASCAL VOC 2012")
-        self.class_names = read_class_file("voc")
-        super().__init__(root / "JPEGImages", root / "SegmentationClass",
-                         _stems_from_list(root / "ImageSets" / "Segmentation" / f"{split}.txt"), ".jpg")
+        root = _need_dir(Path(data_root) / "VOCdevkit" / self.year_dir, self.title)
+        self.class_names = read_class_file(self.class_file)
+        super().__init__(root / "JPEGImages", root / self.label_dir,
+                         _stems_from_list(root / "ImageSets" / self.list_dir / f"{split}.txt"), ".jpg")
 
 
-class PascalContext(_ListedDataset):
-    name = "context"
+class VOC2012(_VOCStyle):
+    name, title, year_dir, label_dir, list_dir, class_file = (
+        "voc", "PASCAL VOC 2012", "VOC2012", "SegmentationClass", "Segmentation", "voc")
 
-    def __init__(self, data_root: str | Path, split: str = "val"):
-        root = _need_dir(Path(data_root) / "VOCdevkit" / "VOC2010", "PASCAL Context")
-        self.class_names = read_class_file("pascal_context")
-        super().__init__(root / "JPEGImages", root / "SegmentationClassContext",
-                         _stems_from_list(root / "ImageSets" / "SegmentationContext" / f"{split}.txt"), ".jpg")
+
+class PascalContext(_VOCStyle):
+    name, title, year_dir, label_dir, list_dir, class_file = (
+        "context", "PASCAL Context", "VOC2010", "SegmentationClassContext", "SegmentationContext", "pascal_context")
 
 
 class _GlobbedDataset(_ListedDataset):
