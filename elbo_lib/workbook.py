@@ -70,20 +70,26 @@ NOTEBOOKS = [
 
 
 def run_notebooks(only: list[str] | None = None, quick: bool = False, extra: dict | None = None,
-                  figures: Path = REPO / "figures") -> list[dict]:
+                  figures: Path = REPO / "figures", executed_dir: Path | None = None) -> list[dict]:
+    """Execute the notebooks with papermill; outputs go to ``figures``; executed notebooks replace the
+    committed ones unless ``executed_dir`` is given."""
     import papermill as pm
     figures.mkdir(parents=True, exist_ok=True)
+    if executed_dir is not None:
+        executed_dir.mkdir(parents=True, exist_ok=True)
     log = []
     for e in NOTEBOOKS:
         if only and e.name not in only:
             continue
         params = {} if quick else dict(e.full)
+        params["out"] = str(figures)
         nb = REPO / "notebooks" / f"{e.name}.ipynb"
         accepted = _parameters_of(nb)
         params.update({k: v for k, v in (extra or {}).items() if k in accepted})
         t0 = time.time()
         print(f"[workbook] {e.name} {params}", flush=True)
-        pm.execute_notebook(str(nb), str(nb), parameters=params, cwd=str(REPO), progress_bar=False,
+        target = nb if executed_dir is None else executed_dir / nb.name
+        pm.execute_notebook(str(nb), str(target), parameters=params, cwd=str(REPO), progress_bar=False,
                             kernel_name="python3")
         log.append({"notebook": e.name, "seconds": round(time.time() - t0, 1), "parameters": params})
     return log
@@ -125,6 +131,8 @@ def main(argv=None) -> int:
     p.add_argument("--data-root", default=None)
     p.add_argument("--device", default=None)
     p.add_argument("--index-only", action="store_true")
+    p.add_argument("--out", default=None, help="figures directory (default figures/); executed notebooks then go to "
+                                               "OUT/notebooks instead of replacing the committed ones")
     a = p.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     extra = {k: v for k, v in {"model": a.model, "data_root": a.data_root, "device": a.device}.items() if v}
@@ -134,8 +142,10 @@ def main(argv=None) -> int:
     if a.model:
         extra["models"] = [a.model]
     t0 = time.time()
-    log = [] if a.index_only else run_notebooks(a.only.split(",") if a.only else None, a.quick, extra)
-    print(write_index(log))
+    figures = Path(a.out).resolve() if a.out else REPO / "figures"
+    executed = figures / "notebooks" if a.out else None
+    log = [] if a.index_only else run_notebooks(a.only.split(",") if a.only else None, a.quick, extra, figures, executed)
+    print(write_index(log, figures))
     print(f"[workbook] total {time.time() - t0:.0f} s")
     return 0
 

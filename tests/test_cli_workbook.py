@@ -46,3 +46,29 @@ def test_workbook_index(tmp_path):
         assert (ROOT / "notebooks" / f"{e.name}.ipynb").exists()
         assert (ROOT / "notebooks" / f"{e.name}.py").exists()
         assert set(e.full) <= workbook._parameters_of(ROOT / "notebooks" / f"{e.name}.ipynb")
+
+
+@pytest.mark.slow
+def test_real_model_path_end_to_end(tmp_path, pipes):
+    """`make reproduce MODEL=... DATA_ROOT=... DATASETS=voc` with a tiny random SD pipeline and a VOC fixture
+    tree: every notebook runs and writes its files, and the committed notebooks are left untouched."""
+    from fixtures_datasets import make_tree
+    model = tmp_path / "tiny-sd"
+    pipes["sd1"].save_pretrained(model)
+    root = make_tree(tmp_path / "data", "voc", n=6)
+    out = tmp_path / "figs"
+    before = {p.name: p.read_bytes() for p in (ROOT / "notebooks").glob("*.ipynb")}
+    env = {**__import__("os").environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
+           "ELBO_LIB_CACHE": str(tmp_path / "cache")}
+    r = subprocess.run([sys.executable, "-m", "elbo_lib.workbook", "--quick", "--model", str(model), "--data-root",
+                        str(root), "--datasets", "voc", "--out", str(out)], cwd=ROOT, env=env, capture_output=True,
+                       text=True, timeout=1500)
+    assert r.returncode == 0, r.stderr[-3000:]
+    for e in workbook.NOTEBOOKS:
+        assert (out / "notebooks" / f"{e.name}.ipynb").exists()
+        if e.name not in ("explore_toy", "fig3_fig4_qualitative"):
+            assert (out / f"{e.name}.csv").exists(), e.name
+    t2 = pd.read_csv(out / "table2_segmentation.csv")
+    assert set(t2.dataset) == {"voc"} and "ELBO-T2IAlign" in set(t2.variant) and "DiffPNG" in set(t2.variant)
+    assert (out / "README.md").exists()
+    assert before == {p.name: p.read_bytes() for p in (ROOT / "notebooks").glob("*.ipynb")}
