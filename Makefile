@@ -28,13 +28,15 @@ test-fast: venv
 	$(PY) -m pytest -q -m "not slow" tests
 
 test: venv
-	$(PY) -m pytest -q tests notebooks --nbval-lax -p no:cacheprovider
+	ELBO_WORKBOOK_OUT=.cache/nbval-figures $(PY) -m pytest -q tests notebooks --nbval-lax -p no:cacheprovider
 
 test-notebooks: venv
-	$(PY) -m pytest -q notebooks --nbval-lax -p no:cacheprovider
+	ELBO_WORKBOOK_OUT=.cache/nbval-figures $(PY) -m pytest -q notebooks --nbval-lax -p no:cacheprovider
 
+# after editing notebooks/*.py: regenerate the .ipynb twins and re-execute them (their outputs are what nbval checks)
 notebooks: venv
-	$(PY) -m jupytext --sync notebooks/*.py
+	$(PY) -m jupytext --to ipynb notebooks/*.py
+	$(PY) -m elbo_lib.workbook --quick --in-place
 
 reproduce: venv
 	$(PY) -m elbo_lib.workbook $(REPRO_ARGS)

@@ -34,6 +34,14 @@ def use_repo_root() -> Path:
     return REPO_ROOT
 
 
+def output_dir(out: str | Path = "figures") -> str:
+    """Where a notebook writes its figures and tables: ``out``, unless ELBO_WORKBOOK_OUT redirects it
+    (``make test`` does, so that validating notebooks never overwrites the reproduced figures/)."""
+    out = Path(os.environ.get("ELBO_WORKBOOK_OUT", out))
+    out.mkdir(parents=True, exist_ok=True)
+    return str(out)
+
+
 def paper_config(model: str = "data/toy-sd", **overrides) -> AlignConfig:
     """The paper's defaults plus the prompt templates a model directory recommends (toy model)."""
     p = Path(model) / "training.json"

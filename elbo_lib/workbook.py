@@ -1,6 +1,8 @@
 """Run every notebook with papermill (``make reproduce``) and index the results in figures/README.md.
 
-    python -m elbo_lib.workbook [--quick] [--model M] [--dataset D] [--data-root R] [--device cuda] [--only a,b]
+    python -m elbo_lib.workbook                       # full-size toy run -> figures/, figures/notebooks/
+    python -m elbo_lib.workbook --quick --in-place    # re-execute the committed (nbval-sized) notebooks
+    python -m elbo_lib.workbook --model M --data-root R --datasets "voc ade20k" --device cuda
 """
 from __future__ import annotations
 
@@ -75,6 +77,7 @@ def run_notebooks(only: list[str] | None = None, quick: bool = False, extra: dic
     committed ones unless ``executed_dir`` is given."""
     import papermill as pm
     figures.mkdir(parents=True, exist_ok=True)
+    os.environ["ELBO_WORKBOOK_OUT"] = str(figures)  # the notebooks' output_dir(); inherited by their kernels
     if executed_dir is not None:
         executed_dir.mkdir(parents=True, exist_ok=True)
     log = []
@@ -82,7 +85,6 @@ def run_notebooks(only: list[str] | None = None, quick: bool = False, extra: dic
         if only and e.name not in only:
             continue
         params = {} if quick else dict(e.full)
-        params["out"] = str(figures)
         nb = REPO / "notebooks" / f"{e.name}.ipynb"
         accepted = _parameters_of(nb)
         params.update({k: v for k, v in (extra or {}).items() if k in accepted})
@@ -131,8 +133,10 @@ def main(argv=None) -> int:
     p.add_argument("--data-root", default=None)
     p.add_argument("--device", default=None)
     p.add_argument("--index-only", action="store_true")
-    p.add_argument("--out", default=None, help="figures directory (default figures/); executed notebooks then go to "
-                                               "OUT/notebooks instead of replacing the committed ones")
+    p.add_argument("--out", default=None, help="figures directory (default figures/, or .cache/quick-figures with --quick)")
+    p.add_argument("--in-place", action="store_true",
+                   help="save executed notebooks over notebooks/*.ipynb (how the committed, nbval-checked notebooks "
+                        "are made, with --quick); default: OUT/notebooks/")
     a = p.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     extra = {k: v for k, v in {"model": a.model, "data_root": a.data_root, "device": a.device}.items() if v}
@@ -142,8 +146,8 @@ def main(argv=None) -> int:
     if a.model:
         extra["models"] = [a.model]
     t0 = time.time()
-    figures = Path(a.out).resolve() if a.out else REPO / "figures"
-    executed = figures / "notebooks" if a.out else None
+    figures = Path(a.out).resolve() if a.out else REPO / (".cache/quick-figures" if a.quick else "figures")
+    executed = None if a.in_place else figures / "notebooks"
     log = [] if a.index_only else run_notebooks(a.only.split(",") if a.only else None, a.quick, extra, figures, executed)
     print(write_index(log, figures))
     print(f"[workbook] total {time.time() - t0:.0f} s")

@@ -13,6 +13,7 @@ out = "figures"
 import elbo_lib.experiments as ex
 
 ex.use_repo_root()
+out = ex.output_dir(out)
 import ipywidgets as w
 import matplotlib.pyplot as plt
 import numpy as np

@@ -21,6 +21,7 @@ out = "figures"
 import elbo_lib.experiments as ex
 
 ex.use_repo_root()
+out = ex.output_dir(out)
 import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns

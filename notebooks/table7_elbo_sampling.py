@@ -15,6 +15,7 @@ out = "figures"
 import elbo_lib.experiments as ex
 
 ex.use_repo_root()
+out = ex.output_dir(out)
 cfg = ex.superset_config(model)
 strategies = ["small", "middle", "large", "random", "even"]
 m = ex.run([ex.variant(s, cfg, elbo_idx=ex.elbo_subset(10, s, seed)) for s in strategies], model, dataset,

@@ -14,6 +14,7 @@ out = "figures"
 import elbo_lib.experiments as ex
 
 ex.use_repo_root()
+out = ex.output_dir(out)
 cfg = ex.superset_config(model)
 fixed = [1 / 3, 1 / 2, 2 / 3]
 variants = [ex.variant(f"fixed S={s:.2f}", cfg, fixed_score=s) for s in fixed] + [ex.variant("ELBO S (paper)", cfg)]

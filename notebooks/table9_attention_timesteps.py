@@ -16,6 +16,7 @@ out = "figures"
 import elbo_lib.experiments as ex
 
 ex.use_repo_root()
+out = ex.output_dir(out)
 import pandas as pd
 
 cfg = ex.superset_config(model)
