@@ -106,8 +106,11 @@ def paper_variants(cfg: AlignConfig) -> list[Variant]:
 
 def run(variants: list[Variant], model: str = "data/toy-sd", dataset: str = "toy-test", limit: int | None = None,
         seed: int = 0, cfg: AlignConfig | None = None, **kw) -> dict:
-    """Evaluate variants of the superset measurement (the first call per dataset fills the cache)."""
+    """Evaluate variants of one measurement (default: the superset; the first call per dataset fills the cache)."""
     cfg = cfg or superset_config(model)
+    mixed = [v.name for v in variants if (v.elbo_idx is not None) != is_superset(cfg)]
+    if mixed:
+        raise ValueError(f"variants {mixed} were built for a different measurement config than the one given")
     if not any(v.name == "uncalibrated" for v in variants):
         variants = [variant("uncalibrated", cfg, calibrate=False)] + list(variants)
     return evaluate(model, dataset, limit=limit, config=cfg, seed=seed, variants=variants, **kw)

@@ -28,7 +28,7 @@ cfg = ex.paper_config(model)  # Fig. 1 needs only the paper's timesteps
 frames = []
 for study in STUDIES:
     m = ex.run(ex.paper_variants(cfg), model, f"toy-study-{study}", limit=n_samples * len(STUDY_LEVELS[study]),
-               seed=seed, n_boot=n_boot, device=device, heldout="toy-val")
+               seed=seed, n_boot=n_boot, device=device, heldout="toy-val", cfg=cfg)
     frames.append(ex.conditions_table(m))
 curves = pd.concat(frames, ignore_index=True)
 ex.save_table(curves, "fig1_toy_bias", out)
