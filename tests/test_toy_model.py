@@ -63,3 +63,18 @@ def test_two_training_steps_and_resume(tmp_path, monkeypatch):
             torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
     with pytest.raises(ValueError, match="different configuration"):
         train(tmp_path / "c", tmp_path / "wa", TrainConfig(n_scenes=25, vae_steps=2), TINY_WORLD, TINY_ARCH)
+
+
+@pytest.mark.slow
+def test_toy_calibration_changes_maps_exactly_where_score_below_one(toy_image):
+    import elbo_lib
+    pipe = elbo_lib.load_pipeline(TOY, device="cpu")
+    res = elbo_lib.Aligner(pipe)(toy_image.image, ["red circle", "blue star"], caption="a red circle and a blue star")
+    assert res.probs.shape == (2, 64, 64)
+    np.testing.assert_allclose(res.probs.sum(0), 1.0, atol=1e-9)
+    assert sorted(res.scores.tolist())[-1] == 1.0 and sorted(res.scores.tolist())[0] == pytest.approx(1 / 3)
+    for i, s in enumerate(res.scores):
+        if s == 1.0:
+            np.testing.assert_array_equal(res.heatmaps[i], res.raw[i])
+        else:
+            assert (res.heatmaps[i] <= res.raw[i] + 1e-12).all() and not np.allclose(res.heatmaps[i], res.raw[i])

@@ -166,9 +166,7 @@ def _study_sample(study: str, i: int, world: WorldConfig, seed: int) -> list[Toy
         elif study == "occluded" and knob > 0:
             objs = [target, b, _occluder(target, a, float(knob), size)]
         elif study == "distractors" and knob > 0:
-            rng_d = np.random.default_rng([seed, 99, i])
-            spots = _place_apart(rng_d, size, [6.0] * int(knob), [(tx, ty, 14.0), (ax, ay, r_c), (bx, by, r_c)], gap=0.5)
-            objs = objs + [ToyObject(a.colour, a.shape, x, y, 6.0) for x, y in spots]
+            objs = objs + _distractors(a, int(knob), [(tx, ty, 14.0), (ax, ay, r_c), (bx, by, r_c)], size, seed, i)
         scene = render(objs, size, np.random.default_rng(tex_seed), world.texture)
         hidden = 1.0 - scene.visible_area(0) / shape_mask(objs[0].shape, objs[0].cx, objs[0].cy, objs[0].r, size).sum()
         classes = scene.classes
@@ -178,6 +176,17 @@ def _study_sample(study: str, i: int, world: WorldConfig, seed: int) -> list[Toy
         items.append(ToyItem(f"{study}-{i:03d}-{lvl}", scene, make_caption(classes), classes, study, lvl,
                              knob_value, tgt))
     return items
+
+
+def _distractors(like: ToyObject, n: int, fixed, size: int, seed: int, i: int) -> list[ToyObject]:
+    """``n`` small copies of ``like`` clear of the fixed objects; shrinks them (6 -> 4 px) when they do not fit."""
+    for r in (6.0, 5.0, 4.0):
+        try:
+            spots = _place_apart(np.random.default_rng([seed, 99, i]), size, [r] * n, fixed, gap=0.5)
+            return [ToyObject(like.colour, like.shape, x, y, r) for x, y in spots]
+        except ValueError:
+            continue
+    raise ValueError(f"could not place {n} distractors of radius >= 4 px around sample {i}")
 
 
 def _occluder(target: ToyObject, other: ToyObject, fraction: float, size: int) -> ToyObject:
