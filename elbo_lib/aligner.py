@@ -161,7 +161,10 @@ class Aligner:
         ``elbo=False`` skips the ELBO (attention only: the uncalibrated baseline)."""
         cfg = cfg or self.config
         classes = _check_classes(classes)
-        elbo_classes = classes if elbo_classes is None else _check_classes(elbo_classes)
+        if elbo_classes is None:
+            elbo_classes = classes
+        elif any(not str(c).strip() for c in elbo_classes):  # may repeat: 'green diamond', 'blue diamond' -> 'diamond'
+            raise ValueError("an ELBO phrase is empty")
         if len(elbo_classes) != len(classes):
             raise ValueError(f"elbo_classes must pair with classes one to one: {len(elbo_classes)} vs {len(classes)}")
         ad = self.adapter

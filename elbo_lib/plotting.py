@@ -25,6 +25,7 @@ def palette(n: int) -> np.ndarray:
 
 def mask_rgb(mask_hw: np.ndarray, n_classes: int) -> np.ndarray:
     """Label map (0 = background, i + 1 = class i) as colours."""
+    mask_hw = np.asarray(mask_hw).astype(np.int64)
     if mask_hw.min() < 0 or mask_hw.max() > n_classes:
         raise ValueError(f"mask labels must lie in [0, {n_classes}], got [{mask_hw.min()}, {mask_hw.max()}]")
     return palette(n_classes)[mask_hw]

@@ -47,7 +47,7 @@ for r, i in enumerate(order):
     k = s.class_ids.index(smallest[i])
     axes[2 * r, 0].imshow(s.image)
     axes[2 * r, 0].set_title(s.id, fontsize=7)
-    axes[2 * r + 1, 0].imshow(mask_rgb(np.where(s.label == 255, 0, s.label) > 0, 1))
+    axes[2 * r + 1, 0].imshow(mask_rgb((np.where(s.label == 255, 0, s.label) > 0).astype(int), 1))
     axes[2 * r + 1, 0].set_title("ground truth (fg)", fontsize=7)
     for c, m in enumerate(methods):
         h = maps[m][i][1]
