@@ -165,14 +165,15 @@ def conditions_table(metrics: dict) -> pd.DataFrame:
 
 
 def method_heatmaps(model: str = "data/toy-sd", dataset="toy-test", limit: int | None = None, seed: int = 0,
-                    baselines=("DAAM", "DiffSegmenter", "OVAM", "Semantic DiffSeg"), cfg: AlignConfig | None = None):
+                    baselines=("DAAM", "DiffSegmenter", "OVAM", "Semantic DiffSeg"), cfg: AlignConfig | None = None,
+                    data_root=None):
     """{method: [(sample, heatmaps (N, H, W))]} for ELBO-T2IAlign, the uncalibrated maps and each
     baseline, on the same images (from the measurement cache)."""
     from .baselines import get_baseline
     from .datasets import get_dataset
     from .evaluation.runner import measure_dataset
     cfg = cfg or superset_config(model)
-    ds = get_dataset(dataset) if isinstance(dataset, str) else dataset
+    ds = get_dataset(dataset, data_root) if isinstance(dataset, str) else dataset
     out = {"ELBO-T2IAlign": [], "uncalibrated": []}
     for s, m in measure_dataset(model, ds, cfg, seed, limit):
         out["ELBO-T2IAlign"].append((s, variant("c", cfg).heatmaps_of(m)))

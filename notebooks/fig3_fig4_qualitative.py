@@ -6,6 +6,7 @@
 # %% tags=["parameters"]
 model = "data/toy-sd"
 dataset = "toy-test"
+data_root = None
 limit = 60
 n_show = 4
 threshold = 0.4
@@ -24,7 +25,7 @@ import numpy as np
 from elbo_lib.calibrate import masks_from_heatmaps
 from elbo_lib.plotting import mask_rgb, overlay
 
-maps = ex.method_heatmaps(model, dataset, limit=limit, seed=seed)
+maps = ex.method_heatmaps(model, dataset, limit=limit, seed=seed, data_root=data_root)
 samples = [s for s, _ in maps["ELBO-T2IAlign"]]
 smallest = [min(s.class_ids, key=lambda k: (s.label == k).sum()) for s in samples]
 order = sorted((i for i, s in enumerate(samples) if len(s.class_ids) >= 2),

@@ -5,6 +5,7 @@
 # %% tags=["parameters"]
 model = "data/toy-sd"
 datasets = ["toy-test"]
+data_root = None
 limit = 60
 seed = 0
 device = None
@@ -24,7 +25,7 @@ inv = [1, 1.5, 2, 3, 4, 5, 6, 8]
 variants = [ex.variant(f"1/gamma={g:g}", cfg, gamma=1 / g) for g in inv]
 rows = []
 for d in datasets:
-    m = ex.run(variants, model, d, limit=limit, seed=seed, n_boot=n_boot, device=device)
+    m = ex.run(variants, model, d, limit=limit, seed=seed, n_boot=n_boot, device=device, data_root=data_root)
     for g in inv:
         e = m["variants"][f"1/gamma={g:g}"]
         rows.append({"dataset": d, "inv_gamma": g, "oracle_mIoU": e["oracle"]["miou"], "heldout_mIoU": e["heldout"]["miou"]})

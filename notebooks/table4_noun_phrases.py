@@ -5,6 +5,7 @@
 # %% tags=["parameters"]
 model = "data/toy-sd"
 dataset = "toy-test"
+data_root = None
 limit = 60
 seed = 0
 device = None
@@ -21,7 +22,8 @@ import pandas as pd
 cfg = ex.superset_config(model)
 rows = []
 for label, nouns in (("noun phrase (paper)", False), ("single noun", True)):
-    m = ex.run(ex.paper_variants(cfg), model, dataset, limit=limit, seed=seed, n_boot=n_boot, device=device, nouns_only_elbo=nouns)
+    m = ex.run(ex.paper_variants(cfg), model, dataset, limit=limit, seed=seed, n_boot=n_boot, device=device,
+               data_root=data_root, nouns_only_elbo=nouns)
     t = ex.table(m)
     t.insert(0, "ELBO prompt", label)
     rows.append(t)

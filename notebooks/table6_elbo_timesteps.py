@@ -5,6 +5,7 @@
 # %% tags=["parameters"]
 model = "data/toy-sd"
 dataset = "toy-test"
+data_root = None
 limit = 60
 seed = 0
 device = None
@@ -25,10 +26,10 @@ from elbo_lib import Aligner, load_pipeline
 cfg = ex.superset_config(model)
 counts = [1, 5, 10, 20, 50, 100]
 m = ex.run([ex.variant(f"elbo={n}", cfg, elbo_idx=ex.elbo_subset(n)) for n in counts], model, dataset, limit=limit,
-           seed=seed, n_boot=n_boot, device=device)
+           seed=seed, n_boot=n_boot, device=device, data_root=data_root)
 tab = ex.table(m)
 pipe = load_pipeline(model, device=device)
-ds, res = ex.results(model, dataset, limit=1, seed=seed)
+ds, res = ex.results(model, dataset, limit=1, seed=seed, data_root=data_root)
 sample = res[0][0]
 secs = {}
 for n in counts:

@@ -4,6 +4,7 @@
 # %% tags=["parameters"]
 model = "data/toy-sd"
 dataset = "toy-test"
+data_root = None
 limit = 60
 seed = 0
 device = None
@@ -18,7 +19,7 @@ out = ex.output_dir(out)
 cfg = ex.superset_config(model)
 fixed = [1 / 3, 1 / 2, 2 / 3]
 variants = [ex.variant(f"fixed S={s:.2f}", cfg, fixed_score=s) for s in fixed] + [ex.variant("ELBO S (paper)", cfg)]
-m = ex.run(variants, model, dataset, limit=limit, seed=seed, n_boot=n_boot, device=device)
+m = ex.run(variants, model, dataset, limit=limit, seed=seed, n_boot=n_boot, device=device, data_root=data_root)
 tab = ex.table(m)
 ex.save_table(tab, "table8_fixed_score", out)
 
