@@ -110,7 +110,8 @@ def write_index(log: list[dict] | None = None, figures: Path = REPO / "figures")
     for e in NOTEBOOKS:
         csv = figures / f"{e.name}.csv"
         try:
-            ours = e.headline(pd.read_csv(csv)) if csv.exists() else "not run"
+            ours = e.headline(pd.read_csv(csv)) if csv.exists() else \
+                ("figures only" if any(figures.glob(f"{e.name}*.png")) else "not run")
         except Exception as err:  # a headline must never hide the table: say what failed
             ours = f"see {csv.name} ({type(err).__name__})"
         link = f"[{e.name}](../notebooks/{e.name}.ipynb)"
