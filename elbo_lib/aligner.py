@@ -139,9 +139,7 @@ class Aligner:
     def __init__(self, pipe, config: AlignConfig | None = None, **overrides):
         self.adapter = adapter_for(pipe)
         if config is None:
-            hints = {k: v for k, v in model_hints(self.adapter.pipe).items() if k in
-                     ("elbo_template", "caption_template", "caption_item")}
-            config = AlignConfig(**{**hints, **overrides})
+            config = AlignConfig(**{**model_hints(self.adapter.pipe), **overrides})
         elif overrides:
             config = dataclasses.replace(config, **overrides)
         self.config = config

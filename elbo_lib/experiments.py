@@ -8,7 +8,6 @@ up to t = 0.6) and picks subsets, so one cold pass serves Tables II, VI-IX and F
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from pathlib import Path
 
@@ -44,10 +43,8 @@ def output_dir(out: str | Path = "figures") -> str:
 
 def paper_config(model: str = "data/toy-sd", **overrides) -> AlignConfig:
     """The paper's defaults plus the prompt templates a model directory recommends (toy model)."""
-    p = Path(model) / "training.json"
-    hints = json.loads(p.read_text()).get("recommended", {}) if p.exists() else {}
-    hints = {k: v for k, v in hints.items() if k in ("elbo_template", "caption_template", "caption_item")}
-    return AlignConfig(**{**hints, **overrides})
+    from .models import dir_hints
+    return AlignConfig(**{**dir_hints(model), **overrides})
 
 
 def superset_config(model: str = "data/toy-sd", **overrides) -> AlignConfig:

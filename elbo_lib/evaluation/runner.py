@@ -232,9 +232,8 @@ def evaluate(model: str | os.PathLike = "data/toy-sd", dataset: str | Segmentati
 
 def _config_for(model) -> AlignConfig:
     """The paper's defaults plus the prompt templates a model directory recommends (toy model)."""
-    p = Path(model) / "training.json"
-    hints = json.loads(p.read_text()).get("recommended", {}) if p.exists() else {}
-    return AlignConfig(**{k: v for k, v in hints.items() if k in ("elbo_template", "caption_template", "caption_item")})
+    from ..models import dir_hints
+    return AlignConfig(**dir_hints(model))
 
 
 def summary_table(metrics: dict) -> pd.DataFrame:

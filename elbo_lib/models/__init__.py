@@ -12,7 +12,7 @@ from .sd3 import StableDiffusion3Adapter
 from .stable_diffusion import StableDiffusionAdapter, StableDiffusionXLAdapter
 
 __all__ = ["OBJECTIVES", "PipelineAdapter", "TextCondition", "adapter_for", "supported_pipelines", "to_pil_rgb",
-           "load_pipeline", "model_hints", "default_device_dtype", "StableDiffusionAdapter",
+           "load_pipeline", "model_hints", "dir_hints", "default_device_dtype", "StableDiffusionAdapter",
            "StableDiffusionXLAdapter", "StableDiffusion3Adapter"]
 
 
@@ -55,9 +55,17 @@ def load_pipeline(model: str | os.PathLike = "data/toy-sd", device: str | None =
     return pipe.to(device)
 
 
+PROMPT_HINTS = ("elbo_template", "caption_template", "caption_item")
+
+
+def dir_hints(model: str | os.PathLike) -> dict:
+    """AlignConfig prompt templates recommended by a model directory's training.json (the toy model), else {}."""
+    p = Path(model) / "training.json"
+    rec = json.loads(p.read_text()).get("recommended", {}) if p.exists() else {}
+    return {k: v for k, v in rec.items() if k in PROMPT_HINTS}
+
+
 def model_hints(pipe) -> dict:
-    """Prompt templates recommended by a model directory's training.json (the toy model), else {}."""
+    """:func:`dir_hints` of the directory a loaded pipeline came from."""
     root = getattr(getattr(pipe, "config", None), "_name_or_path", None)
-    if root and (Path(root) / "training.json").exists():
-        return json.loads((Path(root) / "training.json").read_text()).get("recommended", {})
-    return {}
+    return dir_hints(root) if root else {}
