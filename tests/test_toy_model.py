@@ -78,3 +78,35 @@ def test_toy_calibration_changes_maps_exactly_where_score_below_one(toy_image):
             np.testing.assert_array_equal(res.heatmaps[i], res.raw[i])
         else:
             assert (res.heatmaps[i] <= res.raw[i] + 1e-12).all() and not np.allclose(res.heatmaps[i], res.raw[i])
+
+
+@pytest.mark.parametrize("std,distinct", [(0.02, False), (ToyArchitecture().token_embedding_std, True)])
+def test_text_encoder_init_keeps_tokens_distinguishable(std, distinct):
+    """With CLIP's default token-embedding std (0.02) the freshly built toy text encoder already maps the
+    caption's words to nearly parallel vectors (the collapse that left the first toy model's cross-attention
+    uniform); the toy default keeps them apart."""
+    import dataclasses
+    from elbo_lib.toy.architecture import build_text_encoder
+    from elbo_lib.toy.tokenizer import build_tokenizer
+    from elbo_lib.toy.world import vocabulary
+    arch = dataclasses.replace(ToyArchitecture(), token_embedding_std=std)
+    tok = build_tokenizer(vocabulary(), arch.max_length)
+    torch.manual_seed(0)
+    te = build_text_encoder(arch, tok)
+    ids = tok(["a red circle and a blue star"], return_tensors="pt").input_ids
+    with torch.no_grad():
+        h = te(ids).last_hidden_state[0, 1:-1]  # the caption's words
+    h = h / h.norm(dim=-1, keepdim=True)
+    cos = (h @ h.T)[~torch.eye(len(h), dtype=torch.bool)]
+    assert (cos.mean().item() < 0.5) == distinct, cos.mean().item()
+
+
+def test_longest_toy_caption_fits_the_text_encoder():
+    from elbo_lib.toy.tokenizer import build_tokenizer
+    from elbo_lib.toy.world import COLOURS, SHAPES, make_caption, vocabulary
+    arch = ToyArchitecture()
+    tok = build_tokenizer(vocabulary(), arch.max_length)
+    longest = make_caption([f"{c} {s}" for c, s in zip(COLOURS, SHAPES)][:5], prefix="a photo of ")
+    n = len(tok(longest).input_ids)
+    assert n <= arch.max_length, (n, longest)
+    assert len(tok(longest + " and a red circle").input_ids) > n  # the count is real, not clipped
