@@ -4,7 +4,9 @@
 # Here: DAAM, DiffSegmenter, OVAM (un-optimised), Semantic DiffSeg, the uncalibrated cross-attention maps and
 # ELBO-T2IAlign (paper defaults) on one harness (same model, images, noise, threshold protocol) on the toy splits,
 # with the authors' **oracle** threshold (searched on the evaluated set) and a **held-out** threshold
-# (searched on `toy-val`), and 95% bootstrap intervals. Real datasets: set `model`, `dataset`, `data_root`.
+# (searched on `toy-val`), and 95% bootstrap intervals. Two extra rows drop the self-attention refinement (Alg. 1's
+# multiplication of the class maps by self-attention) to show what it contributes on the model at hand.
+# Real datasets: set `model`, `datasets`, `data_root`.
 
 # %% tags=["parameters"]
 model = "data/toy-sd"
@@ -29,10 +31,14 @@ import seaborn as sns
 cfg = ex.superset_config(model)
 tables, runs = [], {}
 for dataset in datasets:
-    runs[dataset] = ex.run(ex.paper_variants(cfg), model, dataset, limit=limit, seed=seed, n_boot=n_boot, device=device,
+    variants = ex.paper_variants(cfg) + [  # the same maps without the self-attention refinement (DiffSegmenter's step)
+        ex.variant("uncalibrated, no self-attention", cfg, calibrate=False, self_attention=False),
+        ex.variant("calibrated, no self-attention", cfg, self_attention=False)]
+    runs[dataset] = ex.run(variants, model, dataset, limit=limit, seed=seed, n_boot=n_boot, device=device,
                            data_root=data_root, baselines=baselines)
     t = ex.table(runs[dataset])
-    t["variant"] = t.variant.replace({"uncalibrated": "cross-attention (uncalibrated)", "calibrated": "ELBO-T2IAlign"})
+    t["variant"] = t.variant.replace({"uncalibrated": "cross-attention (uncalibrated)", "calibrated": "ELBO-T2IAlign",
+                                      "calibrated, no self-attention": "ELBO-T2IAlign, no self-attention"})
     t.insert(0, "dataset", dataset)
     tables += [t, pd.DataFrame([{"dataset": dataset, "variant": "DiffPNG", "note": ex.DIFFPNG_NOTE}])]
 tab = pd.concat(tables, ignore_index=True)

@@ -1,4 +1,5 @@
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -39,8 +40,13 @@ def test_segment_cli_bad_input(tmp_path):
 def test_workbook_index(tmp_path):
     pd.DataFrame({"variant": ["uncalibrated", "calibrated"], "oracle_mIoU": [0.4, 0.5],
                   "heldout_mIoU": [0.35, 0.45]}).to_csv(tmp_path / "table8_fixed_score.csv", index=False)
+    import nbformat
+    (tmp_path / "notebooks").mkdir()
+    nb = nbformat.v4.new_notebook(metadata={"papermill": {"duration": 40.04}})  # a notebook run earlier
+    nbformat.write(nb, tmp_path / "notebooks" / "fig7_gamma.ipynb")
     md = workbook.write_index([{"notebook": "table8_fixed_score", "seconds": 3.0}], figures=tmp_path)
     assert "best calibrated: 0.450" in md and "not run" in md
+    assert re.search(r"\|\s+40 \|", md) and "Total notebook time: 43 s (2 of" in md, md
     assert (tmp_path / "README.md").read_text() == md
     for e in workbook.NOTEBOOKS:
         assert (ROOT / "notebooks" / f"{e.name}.ipynb").exists()
