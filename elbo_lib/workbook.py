@@ -117,10 +117,9 @@ def _recorded_seconds(nb: Path) -> float | str:
 def write_index(log: list[dict] | None = None, figures: Path = REPO / "figures") -> str:
     rows = []
     secs = {r["notebook"]: r["seconds"] for r in (log or [])}
-    for e in NOTEBOOKS:  # notebooks not run this time: the duration papermill recorded in their last run
-        if e.name not in secs:
-            secs[e.name] = _recorded_seconds(figures / "notebooks" / f"{e.name}.ipynb")
     for e in NOTEBOOKS:
+        if e.name not in secs:  # not run this time: the duration papermill recorded in its last run
+            secs[e.name] = _recorded_seconds(figures / "notebooks" / f"{e.name}.ipynb")
         csv = figures / f"{e.name}.csv"
         try:
             ours = e.headline(pd.read_csv(csv)) if csv.exists() else \
