@@ -110,3 +110,30 @@ def test_longest_toy_caption_fits_the_text_encoder():
     n = len(tok(longest).input_ids)
     assert n <= arch.max_length, (n, longest)
     assert len(tok(longest + " and a red circle").input_ids) > n  # the count is real, not clipped
+
+
+def test_eps_loss_min_snr_weighting():
+    """snr_gamma = 0 is the plain MSE; min-SNR caps the weight of low-noise timesteps at gamma / SNR and
+    leaves timesteps with SNR <= gamma at weight 1."""
+    from diffusers import DDPMScheduler
+    from elbo_lib.toy.train import eps_loss
+    ac = DDPMScheduler(beta_schedule="squaredcos_cap_v2").alphas_cumprod
+    g = torch.Generator().manual_seed(0)
+    pred, eps = torch.randn(4, 4, 8, 8, generator=g), torch.randn(4, 4, 8, 8, generator=g)
+    t = torch.tensor([5, 100, 700, 990])
+    torch.testing.assert_close(eps_loss(pred, eps, t, ac, 0.0), torch.nn.functional.mse_loss(pred, eps))
+    per = (pred - eps).pow(2).flatten(1).mean(1)
+    snr = ac[t] / (1 - ac[t])
+    assert snr[0] > 5 > snr[-1]
+    w = torch.where(snr > 5, 5 / snr, torch.ones_like(snr))
+    torch.testing.assert_close(eps_loss(pred, eps, t, ac, 5.0), (per * w).mean())
+    with pytest.raises(ValueError, match="snr_gamma"):
+        eps_loss(pred, eps, t, ac, -1.0)
+
+
+def test_training_device_must_exist(tmp_path):
+    import dataclasses
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present; the refusal is for machines without one")
+    with pytest.raises(ValueError, match="no CUDA GPU"):
+        train(tmp_path / "o", tmp_path / "w", dataclasses.replace(TINY_TRAIN, device="cuda"), TINY_WORLD, TINY_ARCH)

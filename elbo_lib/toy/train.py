@@ -45,8 +45,10 @@ class TrainConfig:
     batch: int = 32
     lr: float = 4e-4
     ema_decay: float = 0.999
+    snr_gamma: float = 0.0  # > 0: min-SNR-gamma loss weighting (Hang et al. 2023); 0: the plain eps MSE
     checkpoint_every: int = 250
     threads: int = 2
+    device: str = "cpu"  # "cuda" trains on a GPU; batches and noise are drawn on the CPU either way
 
 
 def atomic_save(obj, path: Path) -> None:
@@ -82,6 +84,20 @@ def _ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> N
             pe.lerp_(pm, 1.0 - decay)
 
 
+def eps_loss(pred: torch.Tensor, eps: torch.Tensor, t: torch.Tensor, alphas_cumprod: torch.Tensor,
+             snr_gamma: float = 0.0) -> torch.Tensor:
+    """Eps-prediction MSE; with ``snr_gamma`` > 0 each sample is weighted by min(SNR_t, gamma) / SNR_t
+    (min-SNR-gamma, Hang et al. 2023), which caps the weight of the easy low-noise timesteps."""
+    if snr_gamma < 0:
+        raise ValueError(f"snr_gamma must be >= 0 (0 = unweighted), got {snr_gamma}")
+    per_sample = (pred.float() - eps.float()).pow(2).flatten(1).mean(1)
+    if snr_gamma == 0:
+        return per_sample.mean()
+    a = alphas_cumprod.to(per_sample.device)[t]
+    snr = a / (1 - a)
+    return (per_sample * snr.clamp(max=snr_gamma) / snr).mean()
+
+
 def train(out_dir: str | Path = "data/toy-sd", work_dir: str | Path = ".cache/toy-train",
           cfg: TrainConfig = TrainConfig(), world: WorldConfig = WorldConfig(),
           arch: ToyArchitecture = ToyArchitecture(), export_only: bool = False, extend: bool = False) -> Path:
@@ -94,11 +110,15 @@ def train(out_dir: str | Path = "data/toy-sd", work_dir: str | Path = ".cache/to
     torch.set_num_threads(cfg.threads)
     t_start = time.time()
     meta_path = work_dir / "meta.json"
-    train_fields = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "threads"}  # threads change no result
+    # threads change no result; a device changes only floating-point rounding, and a run may resume elsewhere
+    train_fields = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("threads", "device")}
+    dev = torch.device(cfg.device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {cfg.device!r} asked for, but this torch build sees no CUDA GPU; use --device cpu")
     meta = {"train": train_fields, "world": dataclasses.asdict(world), "arch": arch.to_dict()}
     old = json.loads(meta_path.read_text()) if meta_path.exists() else None
     if old is not None:
-        old["train"].pop("threads", None)
+        old["train"].pop("threads", None); old["train"].pop("device", None)
         meta["extensions"] = old.get("extensions", [])
         old_steps = old["train"]["unet_steps"]
         if extend and old_steps < cfg.unet_steps:
@@ -116,12 +136,12 @@ def train(out_dir: str | Path = "data/toy-sd", work_dir: str | Path = ".cache/to
 
     # ---- VAE -------------------------------------------------------------------------------
     torch.manual_seed(cfg.seed)
-    vae = build_vae(arch)
+    vae = build_vae(arch).to(dev)
     vae_opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr)
     vae_ckpt = work_dir / "vae.pt"
     start, seconds = 0, {"vae": 0.0, "unet": 0.0}
     if vae_ckpt.exists():
-        st = torch.load(vae_ckpt, weights_only=False)
+        st = torch.load(vae_ckpt, weights_only=False, map_location=dev)
         vae.load_state_dict(st["model"]); vae_opt.load_state_dict(st["opt"]); start = st["step"]
         seconds["vae"] = st.get("seconds", 0.0)
     t_stage = time.time() - seconds["vae"]
@@ -131,7 +151,7 @@ def train(out_dir: str | Path = "data/toy-sd", work_dir: str | Path = ".cache/to
     for step in bar:
         g = _step_generator(cfg.seed, 1, step)
         idx = torch.from_numpy(g.choice(cfg.n_scenes, cfg.vae_batch, replace=False))
-        x = x_all[idx]
+        x = x_all[idx].to(dev)
         torch.manual_seed(cfg.seed * 100003 + step)
         post = vae.encode(x).latent_dist
         rec = vae.decode(post.sample()).sample
@@ -152,8 +172,8 @@ def train(out_dir: str | Path = "data/toy-sd", work_dir: str | Path = ".cache/to
     else:
         means, stds = [], []
         for i in tqdm(range(0, cfg.n_scenes, 256), desc="encode latents"):
-            d = vae.encode(x_all[i:i + 256]).latent_dist
-            means.append(d.mean); stds.append(d.std)
+            d = vae.encode(x_all[i:i + 256].to(dev)).latent_dist
+            means.append(d.mean.cpu()); stds.append(d.std.cpu())
         lat = {"mean": torch.cat(means), "std": torch.cat(stds)}
         atomic_save(lat, lat_path)
     scaling = float(1.0 / lat["mean"].std())
@@ -161,8 +181,8 @@ def train(out_dir: str | Path = "data/toy-sd", work_dir: str | Path = ".cache/to
 
     # ---- UNet + text encoder ---------------------------------------------------------------
     torch.manual_seed(cfg.seed + 1)
-    unet = build_unet(arch)
-    text_encoder = build_text_encoder(arch, tokenizer)
+    unet = build_unet(arch).to(dev)
+    text_encoder = build_text_encoder(arch, tokenizer).to(dev)
     ema_unet, ema_text = copy.deepcopy(unet).requires_grad_(False), copy.deepcopy(text_encoder).requires_grad_(False)
     train_sched, sample_sched = build_schedulers(arch)
     params = list(unet.parameters()) + list(text_encoder.parameters())
@@ -170,12 +190,12 @@ def train(out_dir: str | Path = "data/toy-sd", work_dir: str | Path = ".cache/to
     ckpt = work_dir / "unet.pt"
     start = 0
     if ckpt.exists():
-        st = torch.load(ckpt, weights_only=False)
+        st = torch.load(ckpt, weights_only=False, map_location=dev)
         unet.load_state_dict(st["unet"]); text_encoder.load_state_dict(st["text"])
         ema_unet.load_state_dict(st["ema_unet"]); ema_text.load_state_dict(st["ema_text"])
         opt.load_state_dict(st["opt"]); start = st["step"]
         seconds["unet"] = st.get("seconds", 0.0)
-    seconds["vae"] = torch.load(vae_ckpt, weights_only=False).get("seconds", 0.0)
+    seconds["vae"] = torch.load(vae_ckpt, weights_only=False, map_location="cpu").get("seconds", 0.0)
     t_stage = time.time() - seconds["unet"]
     losses = []
     end = start if export_only else cfg.unet_steps
@@ -192,8 +212,8 @@ def train(out_dir: str | Path = "data/toy-sd", work_dir: str | Path = ".cache/to
         eps = torch.randn(z0.shape, generator=tg)
         t = torch.randint(0, arch.num_train_timesteps, (cfg.batch,), generator=tg)
         zt = train_sched.add_noise(z0, eps, t)
-        pred = unet(zt, t, text_encoder(ids).last_hidden_state).sample
-        loss = F.mse_loss(pred, eps)
+        pred = unet(zt.to(dev), t.to(dev), text_encoder(ids.to(dev)).last_hidden_state).sample
+        loss = eps_loss(pred, eps.to(dev), t.to(dev), train_sched.alphas_cumprod, cfg.snr_gamma)
         warm = min(1.0, (step + 1) / 200)
         for pg in opt.param_groups:
             pg["lr"] = cfg.lr * warm * (0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * step / cfg.unet_steps)))
@@ -211,6 +231,7 @@ def train(out_dir: str | Path = "data/toy-sd", work_dir: str | Path = ".cache/to
 
     # ---- save the pipeline -----------------------------------------------------------------
     from diffusers import StableDiffusionPipeline
+    vae, ema_text, ema_unet = vae.cpu(), ema_text.cpu(), ema_unet.cpu()
     pipe = StableDiffusionPipeline(vae=vae, text_encoder=ema_text, tokenizer=tokenizer, unet=ema_unet,
                                    scheduler=sample_sched, safety_checker=None, feature_extractor=None,
                                    requires_safety_checker=False)
@@ -219,7 +240,7 @@ def train(out_dir: str | Path = "data/toy-sd", work_dir: str | Path = ".cache/to
     (tmp_out / "training.json").write_text(json.dumps({
         **meta, "latent_scaling_factor": scaling, "elapsed_s_this_run": round(time.time() - t_start, 1),
         "train_seconds": {"vae": round(seconds["vae"], 1),
-                          "unet": round(torch.load(ckpt, weights_only=False).get("seconds", 0.0), 1)},
+                          "unet": round(torch.load(ckpt, weights_only=False, map_location="cpu").get("seconds", 0.0), 1)},
         "unet_steps_done": start if export_only else cfg.unet_steps,
         "final_loss_mean_last_100": float(np.mean(losses[-100:])) if losses else None,
         "recommended": {"elbo_template": "a photo of a {}", "caption_template": "a photo of {}"},
