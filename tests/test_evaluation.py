@@ -144,3 +144,20 @@ def test_kill_and_resume(tmp_path, pipes):
     for m in (m1, m2):
         m.pop("seconds")
     assert m1["variants"] == m2["variants"]
+
+
+def test_model_key_follows_configs_not_reports(tmp_path):
+    from elbo_lib.evaluation.cache import model_key
+    d = tmp_path / "m"; (d / "unet").mkdir(parents=True)
+    (d / "unet" / "config.json").write_text('{"a": 1}')
+    (d / "unet" / "w.safetensors").write_bytes(b"1234")
+    k = model_key(d)
+    (d / "quality.json").write_text('{"pointing": 0.9}')
+    assert model_key(d) == k  # a report next to the weights changes no measurement
+    (d / "training.json").write_text('{"lr": 0.001}')
+    k2 = model_key(d)
+    assert k2 != k
+    (d / "unet" / "config.json").write_text('{"a": 2}')
+    assert model_key(d) != k2
+    (d / "unet" / "w.safetensors").write_bytes(b"12345")
+    assert len({k, k2, model_key(d)}) == 3

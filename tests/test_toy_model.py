@@ -137,3 +137,30 @@ def test_training_device_must_exist(tmp_path):
         pytest.skip("a GPU is present; the refusal is for machines without one")
     with pytest.raises(ValueError, match="no CUDA GPU"):
         train(tmp_path / "o", tmp_path / "w", dataclasses.replace(TINY_TRAIN, device="cuda"), TINY_WORLD, TINY_ARCH)
+
+
+@pytest.mark.slow
+def test_toy_check_cli_writes_the_gate_numbers(tmp_path, capsys):
+    """``python -m elbo_lib.toy.check`` on a small sample: prints the table, writes the JSON with every
+    gate, and its exit status says whether all gates pass."""
+    from elbo_lib.toy import check
+    out = tmp_path / "q.json"
+    rc = check.main(["--model", str(TOY), "--json", str(out), "--n-test", "4", "--n-per-level", "1",
+                     "--n-prompts", "2", "--guidance", "3.0", "--sample-steps", "3"])
+    res = json.loads(out.read_text())
+    assert set(res["gates"]) == {"generation_presence", "pointing_accuracy", "bias_smaller_falls",
+                                 "bias_occluded_falls", "bias_distractors_falls", "bias_rare_falls"}
+    assert rc == (0 if res["all_gates_pass"] else 1)
+    assert res["settings"]["guidance"] == 3.0 and res["settings"]["sample_steps"] == 3
+    assert 0 <= res["pointing_accuracy"] <= 1 and res["generation_presence"] in (0.0, 0.5, 1.0)
+    assert "| pointing accuracy, toy-test |" in capsys.readouterr().out
+
+
+def test_heatmap_iou():
+    from elbo_lib.toy.check import heatmap_iou
+    mask = np.zeros((8, 8), dtype=bool); mask[2:4, 2:4] = True
+    h = mask.astype(float) * 3 + 1
+    assert heatmap_iou(h, mask) == 1.0
+    h2 = h.copy(); h2[2:4, 4:6] = 4.0  # as many false positives as true pixels
+    assert heatmap_iou(h2, mask) == pytest.approx(0.5)
+    assert heatmap_iou(np.ones((8, 8)), mask) == 0.0  # a flat map selects nothing

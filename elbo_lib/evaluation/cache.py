@@ -24,12 +24,19 @@ def _hash(obj) -> str:
     return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+NOT_MODEL_FILES = ("quality.json", "README.md")  # reports next to the weights; they change no measurement
+
+
 def model_key(model: str | os.PathLike) -> str:
+    """A local model directory is keyed by its configs' contents and its weight files' sizes (reports
+    such as the toy model's quality.json excluded); a hub id by its name."""
     path = Path(model)
     parts: dict = {"name": str(model)}
     if path.is_dir():
         parts["name"] = path.resolve().name
         for f in sorted(path.rglob("*")):
+            if f.name in NOT_MODEL_FILES and f.parent == path:
+                continue
             if f.is_file() and f.suffix in (".json", ".txt"):
                 parts[str(f.relative_to(path))] = hashlib.sha1(f.read_bytes()).hexdigest()
             elif f.is_file():
