@@ -29,6 +29,8 @@ flow         u = eps - x0          alpha (u - u_hat)      alpha_t^2 = (1 - t)^2
 """
 from __future__ import annotations
 
+import math
+
 from typing import Sequence
 
 import numpy as np
@@ -130,7 +132,9 @@ def class_losses(adapter: PipelineAdapter, x0: torch.Tensor, cond: TextCondition
     ii, jj = torch.meshgrid(torch.arange(N), torch.arange(T), indexing="ij")
     ii, jj = ii.reshape(-1), jj.reshape(-1)
     out = torch.empty(N * T, dtype=torch.float32, device=adapter.device)
-    start, bs = 0, batch_size
+    # equal chunks (200 rows at batch 64: 4 x 50, not 64 + 64 + 64 + 8)
+    n_chunks = math.ceil(N * T / batch_size)
+    start, bs = 0, math.ceil(N * T / n_chunks)
     bar = tqdm(total=N * T, desc="ELBO", disable=not progress, leave=False)
     while start < N * T:
         sl = slice(start, min(start + bs, N * T))

@@ -33,6 +33,8 @@ def test_batch_size_does_not_change_losses(pipes):
     a = class_losses(ad, x0, cond, t, eps, batch_size=1)
     b = class_losses(ad, x0, cond, t, eps, batch_size=64)
     torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+    c = class_losses(ad, x0, cond, t, eps, batch_size=len(cond) * len(t) - 1)  # two uneven chunks, balanced
+    torch.testing.assert_close(a, c, rtol=1e-5, atol=1e-7)
 
 
 def test_same_prompt_same_loss_shared_noise(pipes):

@@ -43,9 +43,9 @@ class TrainConfig:
     kl_weight: float = 1e-6
     unet_steps: int = 4000
     batch: int = 32
-    lr: float = 4e-4
+    lr: float = 1e-3
     ema_decay: float = 0.999
-    snr_gamma: float = 0.0  # > 0: min-SNR-gamma loss weighting (Hang et al. 2023); 0: the plain eps MSE
+    snr_gamma: float = 5.0  # > 0: min-SNR-gamma loss weighting (Hang et al. 2023); 0: the plain eps MSE
     checkpoint_every: int = 250
     threads: int = 2
     device: str = "cpu"  # "cuda" trains on a GPU; batches and noise are drawn on the CPU either way
