@@ -164,3 +164,16 @@ def test_heatmap_iou():
     h2 = h.copy(); h2[2:4, 4:6] = 4.0  # as many false positives as true pixels
     assert heatmap_iou(h2, mask) == pytest.approx(0.5)
     assert heatmap_iou(np.ones((8, 8)), mask) == 0.0  # a flat map selects nothing
+
+
+def test_paired_drop_interval():
+    import pandas as pd
+    from elbo_lib.toy.check import paired_drop
+    rows = [{"id": f"smaller-{i:03d}-{lvl}", "level": lvl, "iou": 0.8 - 0.2 * lvl + 0.01 * i}
+            for i in range(10) for lvl in range(3)]
+    d = paired_drop(pd.DataFrame(rows), "iou")
+    assert d["n"] == 10 and d["mean"] == pytest.approx(0.4) and d["ci95"][0] == pytest.approx(0.4)
+    flat = pd.DataFrame([{"id": f"rare-{i:03d}-{lvl}", "level": lvl, "iou": (-1) ** i * 0.1 * lvl}
+                         for i in range(10) for lvl in range(2)])
+    d = paired_drop(flat, "iou")
+    assert d["ci95"][0] < 0 < d["ci95"][1]  # no systematic drop: the interval straddles 0
