@@ -30,7 +30,6 @@ flow         u = eps - x0          alpha (u - u_hat)      alpha_t^2 = (1 - t)^2
 from __future__ import annotations
 
 import math
-
 from typing import Sequence
 
 import numpy as np

@@ -29,6 +29,7 @@ from .study import STUDIES, STUDY_LEVELS, ToyItem, eval_split, study_set
 from .world import COLOURS, WorldConfig, make_caption
 
 GATES = {"generation_presence": 0.7, "pointing_accuracy": 0.8}
+POINTING_CONFIG = dict(calibrate=False, self_attention=False, layer_weights="uniform")
 IOU_CUT = 0.5  # fixed in advance, not tuned: the target's heatmap above half its range counts as the target
 
 
@@ -53,7 +54,6 @@ def heatmap_iou(heatmap: np.ndarray, mask: np.ndarray, cut: float = IOU_CUT) -> 
     pred = (heatmap - lo) >= cut * (hi - lo) if hi > lo else np.zeros(mask.shape, dtype=bool)
     union = (pred | mask).sum()
     return float((pred & mask).sum() / union) if union else float("nan")
-POINTING_CONFIG = dict(calibrate=False, self_attention=False, layer_weights="uniform")
 
 
 def pointing_records(aligner: Aligner, items: list[ToyItem], targets_only: bool = False, seed: int = 0,
@@ -131,7 +131,8 @@ def run_checks(model: str = "data/toy-sd", n_test: int = 300, n_per_level: int =
                                     n=("hit", "size")).reset_index()
         g["setting"] = [str(v) for v in STUDY_LEVELS[st]]
         curves[st] = g.to_dict(orient="records")
-        drops[st] = {"iou": paired_drop(df, "iou", seed=seed), "pointing": paired_drop(df.assign(hit=df.hit.astype(float)), "hit", seed=seed)}
+        drops[st] = {"iou": paired_drop(df, "iou", seed=seed),
+                     "pointing": paired_drop(df.assign(hit=df.hit.astype(float)), "hit", seed=seed)}
     res["bias_curves"] = curves
     res["bias_drop_easy_minus_hard"] = drops
     res["gates"] = {

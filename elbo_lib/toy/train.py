@@ -161,8 +161,9 @@ def train(out_dir: str | Path = "data/toy-sd", work_dir: str | Path = ".cache/to
         vae_opt.zero_grad(); loss.backward(); vae_opt.step()
         bar.set_postfix(loss=f"{loss.item():.4f}")
         if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.vae_steps:
+            seconds["vae"] = time.time() - t_stage
             atomic_save({"model": vae.state_dict(), "opt": vae_opt.state_dict(), "step": step + 1,
-                         "seconds": time.time() - t_stage}, vae_ckpt)
+                         "seconds": seconds["vae"]}, vae_ckpt)
     vae.eval().requires_grad_(False)
 
     # ---- latents ---------------------------------------------------------------------------
@@ -195,7 +196,6 @@ def train(out_dir: str | Path = "data/toy-sd", work_dir: str | Path = ".cache/to
         ema_unet.load_state_dict(st["ema_unet"]); ema_text.load_state_dict(st["ema_text"])
         opt.load_state_dict(st["opt"]); start = st["step"]
         seconds["unet"] = st.get("seconds", 0.0)
-    seconds["vae"] = torch.load(vae_ckpt, weights_only=False, map_location="cpu").get("seconds", 0.0)
     t_stage = time.time() - seconds["unet"]
     losses = []
     end = start if export_only else cfg.unet_steps
@@ -225,9 +225,10 @@ def train(out_dir: str | Path = "data/toy-sd", work_dir: str | Path = ".cache/to
         losses.append(loss.item())
         bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
         if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.unet_steps:
+            seconds["unet"] = time.time() - t_stage
             atomic_save({"unet": unet.state_dict(), "text": text_encoder.state_dict(), "ema_unet": ema_unet.state_dict(),
                          "ema_text": ema_text.state_dict(), "opt": opt.state_dict(), "step": step + 1,
-                         "seconds": time.time() - t_stage}, ckpt)
+                         "seconds": seconds["unet"]}, ckpt)
 
     # ---- save the pipeline -----------------------------------------------------------------
     from diffusers import StableDiffusionPipeline
@@ -240,7 +241,7 @@ def train(out_dir: str | Path = "data/toy-sd", work_dir: str | Path = ".cache/to
     (tmp_out / "training.json").write_text(json.dumps({
         **meta, "latent_scaling_factor": scaling, "elapsed_s_this_run": round(time.time() - t_start, 1),
         "train_seconds": {"vae": round(seconds["vae"], 1),
-                          "unet": round(torch.load(ckpt, weights_only=False, map_location="cpu").get("seconds", 0.0), 1)},
+                          "unet": round(seconds["unet"], 1)},  # both as of their last checkpoint
         "unet_steps_done": start if export_only else cfg.unet_steps,
         "final_loss_mean_last_100": float(np.mean(losses[-100:])) if losses else None,
         "recommended": {"elbo_template": "a photo of a {}", "caption_template": "a photo of {}"},
