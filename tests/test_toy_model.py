@@ -177,3 +177,6 @@ def test_paired_drop_interval():
                          for i in range(10) for lvl in range(2)])
     d = paired_drop(flat, "iou")
     assert d["ci95"][0] < 0 < d["ci95"][1]  # no systematic drop: the interval straddles 0
+    lonely = pd.DataFrame([{"id": "rare-000-0", "level": 0, "iou": 0.5}, {"id": "rare-001-1", "level": 1, "iou": 0.4}])
+    with pytest.raises(ValueError, match="no sample has both level 0 and level 1"):
+        paired_drop(lonely, "iou")
