@@ -180,3 +180,30 @@ def test_paired_drop_interval():
     lonely = pd.DataFrame([{"id": "rare-000-0", "level": 0, "iou": 0.5}, {"id": "rare-001-1", "level": 1, "iou": 0.4}])
     with pytest.raises(ValueError, match="no sample has both level 0 and level 1"):
         paired_drop(lonely, "iou")
+
+
+class _RoundTripVAE(torch.nn.Module):
+    """Stands in for a VAE: encode-decode returns the image itself, or a flat grey one."""
+
+    def __init__(self, flat: bool):
+        super().__init__()
+        self.flat = flat
+        self.dummy = torch.nn.Parameter(torch.zeros(1))
+
+    def encode(self, x):
+        from types import SimpleNamespace
+        return SimpleNamespace(latent_dist=SimpleNamespace(mean=x))
+
+    def decode(self, z):
+        from types import SimpleNamespace
+        return SimpleNamespace(sample=torch.zeros_like(z) if self.flat else z)
+
+
+def test_generation_ceiling_bounds_follow_the_vae():
+    """A lossless round trip scores what the renderer scores; a VAE that erases everything scores 0."""
+    from elbo_lib.toy.check import generation_ceiling
+    exact = generation_ceiling(_RoundTripVAE(flat=False), n_prompts=12)
+    assert exact["vae"] == exact["rendered"] and exact["rendered"] >= 0.5
+    erased = generation_ceiling(_RoundTripVAE(flat=True), n_prompts=12)
+    assert erased["vae"] == 0.0 and erased["rendered"] == exact["rendered"]
+    assert set(exact["vae_by_shape"]) <= set(WorldConfig().common_shapes)

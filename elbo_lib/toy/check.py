@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from ..aligner import AlignConfig, Aligner, finalize
 from .detector import present
 from .study import STUDIES, STUDY_LEVELS, ToyItem, eval_split, study_set
-from .world import COLOURS, WorldConfig, make_caption
+from .world import COLOURS, WorldConfig, make_caption, place_objects, render
 
 GATES = {"generation_presence": 0.7, "pointing_accuracy": 0.8}
 POINTING_CONFIG = dict(calibrate=False, self_attention=False, layer_weights="uniform")
@@ -78,9 +78,8 @@ def pointing_records(aligner: Aligner, items: list[ToyItem], targets_only: bool 
     return pd.DataFrame(rows)
 
 
-def generation_presence(pipe, n_prompts: int = 120, steps: int = 25, guidance: float = 5.0, seed: int = 0,
-                        batch: int = 40) -> tuple[float, pd.DataFrame]:
-    """Sample one image per held-out two-object prompt; the fraction with both objects detected."""
+def generation_prompts(n_prompts: int = 120, seed: int = 0) -> tuple[list[str], list[list[tuple[str, str]]]]:
+    """Held-out two-object prompts with distinct colours and shapes, and their (colour, shape) pairs."""
     rng = np.random.default_rng([seed, 4242])
     shapes = list(WorldConfig().common_shapes)
     prompts, objs = [], []
@@ -91,6 +90,13 @@ def generation_presence(pipe, n_prompts: int = 120, steps: int = 25, guidance: f
             continue  # distinct colours and shapes, so the detector's answer is unambiguous
         prompts.append(make_caption([f"{a[0]} {a[1]}", f"{b[0]} {b[1]}"]))
         objs.append([a, b])
+    return prompts, objs
+
+
+def generation_presence(pipe, n_prompts: int = 120, steps: int = 25, guidance: float = 5.0, seed: int = 0,
+                        batch: int = 40) -> tuple[float, pd.DataFrame]:
+    """Sample one image per held-out two-object prompt; the fraction with both objects detected."""
+    prompts, objs = generation_prompts(n_prompts, seed)
     rows = []
     for s in tqdm(range(0, n_prompts, batch), desc="generation"):
         g = torch.Generator().manual_seed(seed + s)
@@ -101,6 +107,32 @@ def generation_presence(pipe, n_prompts: int = 120, steps: int = 25, guidance: f
             rows.append({"prompt": prompts[s + k], "both_present": present(im, objs[s + k])})
     df = pd.DataFrame(rows)
     return float(df.both_present.mean()), df
+
+
+@torch.no_grad()
+def generation_ceiling(vae, n_prompts: int = 120, seed: int = 0, world: WorldConfig = WorldConfig()) -> dict:
+    """Upper bounds of ``generation_presence``: the prompts' two objects drawn by the toy renderer (training
+    radii and occlusion), judged by the detector as rendered and after the VAE's encode-decode round trip
+    (posterior mean). A denoiser that drew every prompt perfectly in latent space would score the latter."""
+    prompts, objs = generation_prompts(n_prompts, seed)
+    rng = np.random.default_rng([seed, 4343])
+    scenes = [render(place_objects([(c, s, float(rng.uniform(*world.radius))) for c, s in o], world, rng),
+                     world.image_size, rng, world.texture) for o in objs]
+    x = torch.from_numpy(np.stack([sc.image for sc in scenes])).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+    param = next(vae.parameters())
+    recs = []
+    for i in range(0, len(x), 40):
+        xb = x[i:i + 40].to(param.device, param.dtype)
+        recs.append(vae.decode(vae.encode(xb).latent_dist.mean).sample.float().cpu())
+    rec = torch.cat(recs).clamp(-1, 1).add(1).mul(127.5).round().permute(0, 2, 3, 1).numpy().astype(np.uint8)
+    rendered = [present(sc.image, o) for sc, o in zip(scenes, objs)]
+    through_vae = [present(r, o) for r, o in zip(rec, objs)]
+    by_shape: dict[str, list[bool]] = {}
+    for r, o in zip(rec, objs):
+        for c, s in o:
+            by_shape.setdefault(s, []).append(present(r, [(c, s)]))
+    return {"rendered": float(np.mean(rendered)), "vae": float(np.mean(through_vae)),
+            "vae_by_shape": {s: float(np.mean(v)) for s, v in sorted(by_shape.items())}}
 
 
 def run_checks(model: str = "data/toy-sd", n_test: int = 300, n_per_level: int = 40, n_prompts: int = 120,
@@ -118,6 +150,7 @@ def run_checks(model: str = "data/toy-sd", n_test: int = 300, n_per_level: int =
                                                    "attention_t_max": aligner.config.attention_t_max}}
     presence, gen_df = generation_presence(pipe, n_prompts=n_prompts, steps=sample_steps, guidance=guidance, seed=seed)
     res["generation_presence"] = presence
+    res["generation_ceiling"] = generation_ceiling(pipe.vae, n_prompts=n_prompts, seed=seed)
     test = pointing_records(aligner, eval_split("toy-test", n_test), seed=seed, desc="pointing toy-test")
     res["pointing_accuracy"] = float(test.hit.mean())
     small = test.area < np.percentile(test.area, 25)
@@ -156,6 +189,8 @@ def run_checks(model: str = "data/toy-sd", n_test: int = 300, n_per_level: int =
 def format_report(res: dict) -> str:
     lines = ["| check | value | gate | pass |", "|---|---|---|---|",
              f"| generation: both objects present | {res['generation_presence']:.3f} | >= 0.7 | {res['gates']['generation_presence']} |",
+             f"| generation ceiling: same prompts rendered / through the VAE | {res['generation_ceiling']['rendered']:.3f} / "
+             f"{res['generation_ceiling']['vae']:.3f} | - | - |",
              f"| pointing accuracy, toy-test | {res['pointing_accuracy']:.3f} | >= 0.8 | {res['gates']['pointing_accuracy']} |",
              f"| pointing, smallest quartile (< {res['small_quartile_area_px_below']:.0f} px) | {res['pointing_accuracy_small_quartile']:.3f} | - | - |",
              f"| pointing, other quartiles | {res['pointing_accuracy_other_quartiles']:.3f} | - | - |"]
