@@ -133,6 +133,7 @@ def main(argv=None) -> pd.DataFrame:
     print(ceiling.to_markdown(index=False, floatfmt=".3f"))
     if a.csv:
         df.to_csv(a.csv, index=False)
+    df.attrs["denoiser_ceiling"] = ceiling
     return df
 
 

@@ -30,6 +30,7 @@ if device:
     args += ["--device", device]
 tab = bench(args)
 ex.save_table(tab, "cost", out)
+ex.save_table(tab.attrs["denoiser_ceiling"], "cost_denoiser_ceiling", out)  # what batching alone buys here
 
 # %%
 print("speed-up of the batched ELBO at", max(classes), "classes:",

@@ -1,7 +1,9 @@
 """Quality gates of the toy model (``python -m elbo_lib.toy.check [--json PATH]``).
 
 - generation: fraction of samples for held-out two-object prompts in which the toy detector
-  finds both named objects (gate >= 0.7);
+  finds both named objects (gate >= 0.7); reported next to it, its ceiling: the same prompts' objects drawn
+  by the renderer, as rendered and after the VAE's encode-decode round trip (what a denoiser that reproduced
+  the encoder's latents of such scenes exactly would score);
 - alignment: pointing-game accuracy of uncalibrated cross-attention heatmaps (mean over layers and
   heads, no self-attention refinement, noised real images at small t) on ``toy-test`` (gate >= 0.8);
 - the paper's bias: along each Fig. 1 study set (smaller, occluded, distractors, rare) the target's

@@ -37,7 +37,8 @@ from .world import WorldConfig, sample_scene, training_caption, vocabulary
 class TrainConfig:
     seed: int = 0
     n_scenes: int = 20000
-    vae_steps: int = 1000
+    vae_steps: int = 2500  # 1000 steps left small stars as blobs: the generation gate's objects survived the VAE
+                           # round trip in 0.658 of prompts (0.875 at 2500; 0.950 as rendered): toy.check's ceiling
     vae_batch: int = 16
     vae_lr: float = 1e-3
     kl_weight: float = 1e-6
@@ -187,7 +188,7 @@ def train(out_dir: str | Path = "data/toy-sd", work_dir: str | Path = ".cache/to
     ema_unet, ema_text = copy.deepcopy(unet).requires_grad_(False), copy.deepcopy(text_encoder).requires_grad_(False)
     train_sched, sample_sched = build_schedulers(arch)
     params = list(unet.parameters()) + list(text_encoder.parameters())
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=1e-2)
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=1e-2, fused=True)  # fused: 6 ms/step instead of 22 ms
     ckpt = work_dir / "unet.pt"
     start = 0
     if ckpt.exists():
