@@ -207,3 +207,19 @@ def test_generation_ceiling_bounds_follow_the_vae():
     erased = generation_ceiling(_RoundTripVAE(flat=True), n_prompts=12)
     assert erased["vae"] == 0.0 and erased["rendered"] == exact["rendered"]
     assert set(exact["vae_by_shape"]) <= set(WorldConfig().common_shapes)
+
+
+def test_self_attention_locality_extremes():
+    """Identity attention is fully local (entropy 0, all mass on the own object); uniform attention has
+    entropy fraction 1 and puts exactly the object's area share on it; a bad shape is refused."""
+    from elbo_lib.toy.check import self_attention_locality
+    inst = np.zeros((8, 8), dtype=np.int64); inst[0:4, 0:4] = 1  # a 2x2-cell object on a 4x4 grid
+    ident = self_attention_locality(np.eye(16), inst)
+    assert ident["entropy_fraction"] == pytest.approx(0.0, abs=1e-9) and ident["own_object_mass"] == pytest.approx(1.0)
+    uni = self_attention_locality(np.ones((16, 16)), inst)
+    assert uni["entropy_fraction"] == pytest.approx(1.0) and uni["own_object_mass"] == pytest.approx(4 / 16)
+    assert uni["own_object_mass_if_uniform"] == pytest.approx(4 / 16)
+    with pytest.raises(ValueError, match="square"):
+        self_attention_locality(np.ones((16, 15)), inst)
+    with pytest.raises(ValueError, match="multiple"):
+        self_attention_locality(np.ones((16, 16)), np.zeros((9, 9), dtype=np.int64))

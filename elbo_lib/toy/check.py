@@ -58,6 +58,30 @@ def heatmap_iou(heatmap: np.ndarray, mask: np.ndarray, cut: float = IOU_CUT) -> 
     return float((pred & mask).sum() / union) if union else float("nan")
 
 
+def self_attention_locality(self_attn: np.ndarray, instances: np.ndarray) -> dict:
+    """How local a (queries, keys) self-attention matrix over an h x w grid is on one scene: mean per-query
+    entropy as a fraction of log(h w) (1 = uniform), and the mean share of an object query's attention that
+    lands on its own object, with the share uniform attention would give (the object's area fraction).
+    ``instances`` is the scene's instance map; it is sampled at the grid's cell centres."""
+    a = np.asarray(self_attn, dtype=np.float64)
+    n = a.shape[0]
+    side = int(round(np.sqrt(n)))
+    if a.shape != (n, n) or side * side != n:
+        raise ValueError(f"self-attention must be square over a square grid, got shape {a.shape}")
+    if instances.shape[0] % side or instances.shape[1] % side:
+        raise ValueError(f"instance map {instances.shape} is not a multiple of the {side}x{side} attention grid")
+    a = a / a.sum(1, keepdims=True)
+    ky, kx = instances.shape[0] // side, instances.shape[1] // side
+    inst = instances[ky // 2::ky, kx // 2::kx].reshape(-1)
+    entropy = float((-(a * np.log(a + 1e-12)).sum(1)).mean() / np.log(n))
+    own, uniform = [], []
+    for q in np.nonzero(inst)[0]:
+        same = inst == inst[q]
+        own.append(a[q, same].sum()); uniform.append(same.mean())
+    return {"entropy_fraction": entropy, "own_object_mass": float(np.mean(own)) if own else float("nan"),
+            "own_object_mass_if_uniform": float(np.mean(uniform)) if uniform else float("nan")}
+
+
 def pointing_records(aligner: Aligner, items: list[ToyItem], targets_only: bool = False, seed: int = 0,
                      desc: str = "pointing game") -> pd.DataFrame:
     """One row per (item, class): does the argmax of the raw heatmap fall inside the class's mask, and
@@ -159,6 +183,10 @@ def run_checks(model: str = "data/toy-sd", n_test: int = 300, n_per_level: int =
     res["pointing_accuracy_small_quartile"] = float(test[small].hit.mean())
     res["pointing_accuracy_other_quartiles"] = float(test[~small].hit.mean())
     res["small_quartile_area_px_below"] = float(np.percentile(test.area, 25))
+    sa_aligner = Aligner(pipe, **{**POINTING_CONFIG, "self_attention": True})
+    loc = [self_attention_locality(sa_aligner.measure(it.image, it.classes, it.caption, seed=seed, elbo=False).self_attn.numpy(),
+                                   it.scene.instances) for it in eval_split("toy-test", n_test)[:40]]
+    res["self_attention_locality"] = {k: float(np.nanmean([d[k] for d in loc])) for k in loc[0]}
     curves, drops = {}, {}
     for st in STUDIES:
         df = pointing_records(aligner, study_set(st, n_per_level), targets_only=True, seed=seed, desc=f"study {st}")
@@ -193,6 +221,8 @@ def format_report(res: dict) -> str:
              f"| generation: both objects present | {res['generation_presence']:.3f} | >= 0.7 | {res['gates']['generation_presence']} |",
              f"| generation ceiling: same prompts rendered / through the VAE | {res['generation_ceiling']['rendered']:.3f} / "
              f"{res['generation_ceiling']['vae']:.3f} | - | - |",
+             f"| self-attention on an object's own pixels, toy-test (uniform would give) | "
+             f"{res['self_attention_locality']['own_object_mass']:.3f} ({res['self_attention_locality']['own_object_mass_if_uniform']:.3f}) | - | - |",
              f"| pointing accuracy, toy-test | {res['pointing_accuracy']:.3f} | >= 0.8 | {res['gates']['pointing_accuracy']} |",
              f"| pointing, smallest quartile (< {res['small_quartile_area_px_below']:.0f} px) | {res['pointing_accuracy_small_quartile']:.3f} | - | - |",
              f"| pointing, other quartiles | {res['pointing_accuracy_other_quartiles']:.3f} | - | - |"]
