@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 from ..aligner import AlignConfig, Aligner, finalize
 from .detector import present
 from .study import STUDIES, STUDY_LEVELS, ToyItem, eval_split, study_set
+from .train import to_tensor
 from .world import COLOURS, WorldConfig, make_caption, place_objects, render
 
 GATES = {"generation_presence": 0.7, "pointing_accuracy": 0.8}
@@ -144,7 +145,7 @@ def generation_ceiling(vae, n_prompts: int = 120, seed: int = 0, world: WorldCon
     rng = np.random.default_rng([seed, 4343])
     scenes = [render(place_objects([(c, s, float(rng.uniform(*world.radius))) for c, s in o], world, rng),
                      world.image_size, rng, world.texture) for o in objs]
-    x = torch.from_numpy(np.stack([sc.image for sc in scenes])).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+    x = to_tensor(np.stack([sc.image for sc in scenes]))
     param = next(vae.parameters())
     recs = []
     for i in range(0, len(x), 40):
@@ -177,7 +178,8 @@ def run_checks(model: str = "data/toy-sd", n_test: int = 300, n_per_level: int =
     presence, gen_df = generation_presence(pipe, n_prompts=n_prompts, steps=sample_steps, guidance=guidance, seed=seed)
     res["generation_presence"] = presence
     res["generation_ceiling"] = generation_ceiling(pipe.vae, n_prompts=n_prompts, seed=seed)
-    test = pointing_records(aligner, eval_split("toy-test", n_test), seed=seed, desc="pointing toy-test")
+    test_items = eval_split("toy-test", n_test)
+    test = pointing_records(aligner, test_items, seed=seed, desc="pointing toy-test")
     res["pointing_accuracy"] = float(test.hit.mean())
     small = test.area < np.percentile(test.area, 25)
     res["pointing_accuracy_small_quartile"] = float(test[small].hit.mean())
@@ -185,7 +187,7 @@ def run_checks(model: str = "data/toy-sd", n_test: int = 300, n_per_level: int =
     res["small_quartile_area_px_below"] = float(np.percentile(test.area, 25))
     sa_aligner = Aligner(pipe, **{**POINTING_CONFIG, "self_attention": True})
     loc = [self_attention_locality(sa_aligner.measure(it.image, it.classes, it.caption, seed=seed, elbo=False).self_attn.numpy(),
-                                   it.scene.instances) for it in eval_split("toy-test", n_test)[:40]]
+                                   it.scene.instances) for it in test_items[:40]]
     res["self_attention_locality"] = {k: float(np.nanmean([d[k] for d in loc])) for k in loc[0]}
     curves, drops = {}, {}
     for st in STUDIES:
