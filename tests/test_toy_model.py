@@ -223,3 +223,20 @@ def test_self_attention_locality_extremes():
         self_attention_locality(np.ones((16, 15)), inst)
     with pytest.raises(ValueError, match="multiple"):
         self_attention_locality(np.ones((16, 16)), np.zeros((9, 9), dtype=np.int64))
+
+
+def test_training_set_cache_is_keyed_by_world_and_seed(tmp_path, monkeypatch):
+    import elbo_lib.toy.train as tr
+    images, classes = tr.cached_training_set(TINY_WORLD, 6, 0, tmp_path)
+    ref_images, ref_classes = tr.render_training_set(TINY_WORLD, 6, 0)
+    np.testing.assert_array_equal(images, ref_images)
+    assert classes == ref_classes
+
+    def no_render(*a, **k):
+        raise AssertionError("rendered again although the cache matches")
+    monkeypatch.setattr(tr, "render_training_set", no_render)
+    cached_images, cached_classes = tr.cached_training_set(TINY_WORLD, 6, 0, tmp_path)
+    np.testing.assert_array_equal(cached_images, ref_images)
+    assert cached_classes == ref_classes
+    with pytest.raises(AssertionError, match="rendered again"):  # another seed must not reuse the cache
+        tr.cached_training_set(TINY_WORLD, 6, 1, tmp_path)

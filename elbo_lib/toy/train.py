@@ -80,9 +80,23 @@ def to_tensor(images_nhwc: np.ndarray) -> torch.Tensor:
 
 
 def _ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
-    with torch.no_grad():
-        for pe, pm in zip(ema.parameters(), model.parameters()):
-            pe.lerp_(pm, 1.0 - decay)
+    with torch.no_grad():  # one fused call over all tensors (bitwise the same as a per-tensor lerp_)
+        torch._foreach_lerp_(list(ema.parameters()), list(model.parameters()), 1.0 - decay)
+
+
+def cached_training_set(world: WorldConfig, n: int, seed: int, work_dir: Path) -> tuple[np.ndarray, list[list[str]]]:
+    """``render_training_set``, cached in ``work_dir/scenes.npz`` (keyed by world, n and seed)."""
+    key = json.dumps({"world": dataclasses.asdict(world), "n": n, "seed": seed}, sort_keys=True)
+    path = work_dir / "scenes.npz"
+    if path.exists():
+        with np.load(path) as z:
+            if str(z["key"]) == key:
+                return z["images"], json.loads(str(z["classes"]))
+    images, classes = render_training_set(world, n, seed)
+    tmp = work_dir / "scenes.tmp.npz"
+    np.savez_compressed(tmp, images=images, classes=json.dumps(classes), key=key)
+    os.replace(tmp, path)
+    return images, classes
 
 
 def eps_loss(pred: torch.Tensor, eps: torch.Tensor, t: torch.Tensor, alphas_cumprod: torch.Tensor,
@@ -132,7 +146,7 @@ def train(out_dir: str | Path = "data/toy-sd", work_dir: str | Path = ".cache/to
     meta_path.write_text(json.dumps(meta, indent=2))
 
     tokenizer = build_tokenizer(vocabulary(), model_max_length=arch.max_length)
-    images, scene_classes = render_training_set(world, cfg.n_scenes, cfg.seed)
+    images, scene_classes = cached_training_set(world, cfg.n_scenes, cfg.seed, work_dir)
     x_all = to_tensor(images)
 
     # ---- VAE -------------------------------------------------------------------------------
@@ -198,7 +212,8 @@ def train(out_dir: str | Path = "data/toy-sd", work_dir: str | Path = ".cache/to
         opt.load_state_dict(st["opt"]); start = st["step"]
         seconds["unet"] = st.get("seconds", 0.0)
     t_stage = time.time() - seconds["unet"]
-    losses = []
+    losses = []  # per-step losses, left on the device and read every 50 steps (no per-step GPU sync)
+    lat_mean = lat["mean"].to(dev)
     end = start if export_only else cfg.unet_steps
     bar = tqdm(range(start, end), desc="train UNet + text encoder", initial=start, total=cfg.unet_steps)
     for step in bar:
@@ -208,13 +223,13 @@ def train(out_dir: str | Path = "data/toy-sd", work_dir: str | Path = ".cache/to
         ids = tokenizer(caps, padding="max_length", max_length=arch.max_length, truncation=True,
                         return_tensors="pt").input_ids
         tg = torch.Generator().manual_seed(int(g.integers(2**62)))
-        ii = torch.from_numpy(idx)
-        z0 = lat["mean"][ii] * scaling  # posterior means: the VAE's posterior noise is not worth modelling
-        eps = torch.randn(z0.shape, generator=tg)
-        t = torch.randint(0, arch.num_train_timesteps, (cfg.batch,), generator=tg)
+        ii = torch.from_numpy(idx).to(dev)
+        z0 = lat_mean[ii] * scaling  # posterior means: the VAE's posterior noise is not worth modelling
+        eps = torch.randn(z0.shape, generator=tg).to(dev)
+        t = torch.randint(0, arch.num_train_timesteps, (cfg.batch,), generator=tg).to(dev)
         zt = train_sched.add_noise(z0, eps, t)
-        pred = unet(zt.to(dev), t.to(dev), text_encoder(ids.to(dev)).last_hidden_state).sample
-        loss = eps_loss(pred, eps.to(dev), t.to(dev), train_sched.alphas_cumprod, cfg.snr_gamma)
+        pred = unet(zt, t, text_encoder(ids.to(dev)).last_hidden_state).sample
+        loss = eps_loss(pred, eps, t, train_sched.alphas_cumprod, cfg.snr_gamma)
         warm = min(1.0, (step + 1) / 200)
         for pg in opt.param_groups:
             pg["lr"] = cfg.lr * warm * (0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * step / cfg.unet_steps)))
@@ -223,8 +238,9 @@ def train(out_dir: str | Path = "data/toy-sd", work_dir: str | Path = ".cache/to
         opt.step()
         decay = min(cfg.ema_decay, (1 + step) / (10 + step))
         _ema_update(ema_unet, unet, decay); _ema_update(ema_text, text_encoder, decay)
-        losses.append(loss.item())
-        bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
+        losses.append(loss.detach())
+        if (step + 1) % 50 == 0:
+            bar.set_postfix(loss=f"{torch.stack(losses[-50:]).mean().item():.4f}")
         if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.unet_steps:
             seconds["unet"] = time.time() - t_stage
             atomic_save({"unet": unet.state_dict(), "text": text_encoder.state_dict(), "ema_unet": ema_unet.state_dict(),
@@ -244,7 +260,7 @@ def train(out_dir: str | Path = "data/toy-sd", work_dir: str | Path = ".cache/to
         "train_seconds": {"vae": round(seconds["vae"], 1),
                           "unet": round(seconds["unet"], 1)},  # both as of their last checkpoint
         "unet_steps_done": start if export_only else cfg.unet_steps,
-        "final_loss_mean_last_100": float(np.mean(losses[-100:])) if losses else None,
+        "final_loss_mean_last_100": float(torch.stack(losses[-100:]).mean().cpu()) if losses else None,
         "recommended": {"elbo_template": "a photo of a {}", "caption_template": "a photo of {}"},
     }, indent=2))
     if out_dir.exists():
