@@ -3,7 +3,7 @@
 #   make test-fast    unit tests only, no notebooks, no trained-model checks
 #   make reproduce    run every notebook with full-size parameters; figures/ + figures/README.md
 #   make reproduce MODEL=stabilityai/stable-diffusion-2-1-base DATA_ROOT=/data DATASETS="voc context coco-object ade20k" DEVICE=cuda
-#   make toy-model    train the toy model from scratch (resumable)
+#   make toy-model    train the toy model from scratch (resumable); TRAIN_ARGS="--device cuda --batch 128 ..."
 #   make toy-check    the toy model's quality gates -> data/toy-sd/quality.json
 #   make bench        benchmarks/bench_aligner.py
 PY := .venv/bin/python
@@ -35,14 +35,14 @@ test-notebooks: venv
 
 # after editing notebooks/*.py: regenerate the .ipynb twins and re-execute them (their outputs are what nbval checks)
 notebooks: venv
-	$(PY) -m jupytext --to ipynb notebooks/*.py
+	$(PY) -m jupytext --to ipynb --update notebooks/*.py
 	$(PY) -m elbo_lib.workbook --quick --in-place
 
 reproduce: venv
 	$(PY) -m elbo_lib.workbook $(REPRO_ARGS)
 
 toy-model: venv
-	$(PY) -m elbo_lib.toy.train --out data/toy-sd --work-dir .cache/toy-train
+	$(PY) -m elbo_lib.toy.train --out data/toy-sd --work-dir .cache/toy-train $(TRAIN_ARGS)
 
 toy-check: venv
 	$(PY) -m elbo_lib.toy.check --json data/toy-sd/quality.json --out-dir .cache/toy-check

@@ -6,6 +6,15 @@
    a step, then the main run takes as many steps (rounded down to 500) as the time left allows.
 3. The generation gate measured there (``toy.check.generation_presence``, the check's prompts and settings).
 
+The session of 2026-11-26 (H200): the bench took 73 s, the probe measured 86 ms/step at batch 128 (not
+profiled; its CPU-side data preparation takes about 5 ms on the
+2-core workstation), the main run made 3,500 steps (283 s;
+generation 0.417). Two calls by hand on the warm machine followed: ``python -m elbo_lib.toy.train --device cuda
+--work-dir /tmp/main --out /tmp/m2 --unet-steps 7000 --batch 128 --checkpoint-every 2000 --threads 8 --extend``
+(stopped by its 330 s timeout after the step-6,000 checkpoint), then the same with ``--export-only``: that
+pipeline is ``data/toy-sd`` (the fifth model). A future session should profile a step first: if the 86 ms
+are overhead, a larger batch costs little more per step.
+
 Reads ``.cache/gpu/{vae.pt,scenes.npz}`` (carried); writes logs, the bench table and the pipeline to ``$OUT``.
 ``SESSION_BUDGET_S`` (default 540) is the wall-clock budget of the whole script.
 """

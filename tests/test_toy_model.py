@@ -154,6 +154,7 @@ def test_toy_check_cli_writes_the_gate_numbers(tmp_path, capsys):
     assert res["settings"]["guidance"] == 3.0 and res["settings"]["sample_steps"] == 3
     assert 0 <= res["pointing_accuracy"] <= 1 and res["generation_presence"] in (0.0, 0.5, 1.0)
     assert "| pointing accuracy, toy-test |" in capsys.readouterr().out
+    assert "distractors_in_target_colour" in res  # reported next to the gates, never one of them
 
 
 def test_heatmap_iou():

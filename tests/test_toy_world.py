@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from elbo_lib.toy.detector import detect, present
-from elbo_lib.toy.study import STUDIES, STUDY_LEVELS, eval_split, study_set
+from elbo_lib.toy.study import STUDIES, STUDY_LEVELS, eval_split, in_target_colour, study_set
 from elbo_lib.toy.tokenizer import build_tokenizer
 from elbo_lib.toy.world import (COLOURS, RARE_SHAPE, SHAPES, ToyObject, WorldConfig, make_caption, parse_phrase,
                                 parse_prompt, render, sample_scene, shape_mask, training_caption, vocabulary)
@@ -155,3 +155,25 @@ def test_splits_and_studies(tmp_path):
         study_set("bigger", 2, cache_dir=tmp_path)
     with pytest.raises(ValueError, match="unknown toy split"):
         eval_split("toy-train", 2, cache_dir=tmp_path)
+
+
+def test_distractors_in_target_colour_recolours_only_the_copied_object(tmp_path):
+    items = study_set("distractors", 8, cache_dir=tmp_path)
+    same = in_target_colour(items)
+    by_id = {it.id: it for it in items}
+    kept = {it.id.rsplit("-", 1)[0] for it in same}
+    dropped = {it.id.rsplit("-", 1)[0] for it in items} - kept
+    assert kept and all(by_id[f"{s}-0"].scene.objects[1].shape == by_id[f"{s}-0"].scene.objects[0].shape
+                        for s in dropped)
+    for it in same:
+        orig = by_id[it.id].scene.objects
+        objs = it.scene.objects
+        assert [(o.shape, o.cx, o.cy, o.r) for o in objs] == [(o.shape, o.cx, o.cy, o.r) for o in orig]
+        assert objs[0] == orig[0] and objs[2] == orig[2]
+        assert all(o.colour == objs[0].colour for k, o in enumerate(objs) if k == 1 or k >= 3)
+        np.testing.assert_array_equal(it.scene.class_mask(it.target), by_id[it.id].scene.class_mask(it.target))
+        assert it.target == objs[0].phrase and it.classes[0] == it.target
+    for s in kept:  # one caption for all levels of a sample
+        assert len({it.caption for it in same if it.id.startswith(s + "-")}) == 1
+    with pytest.raises(ValueError, match="distractors"):
+        in_target_colour(study_set("smaller", 1, cache_dir=tmp_path))

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from ..aligner import AlignConfig, Aligner, finalize
 from .detector import present
-from .study import STUDIES, STUDY_LEVELS, ToyItem, eval_split, study_set
+from .study import STUDIES, STUDY_LEVELS, ToyItem, eval_split, in_target_colour, study_set
 from .train import to_tensor
 from .world import COLOURS, WorldConfig, make_caption, place_objects, render
 
@@ -189,17 +189,24 @@ def run_checks(model: str = "data/toy-sd", n_test: int = 300, n_per_level: int =
     loc = [self_attention_locality(sa_aligner.measure(it.image, it.classes, it.caption, seed=seed, elbo=False).self_attn.numpy(),
                                    it.scene.instances) for it in test_items[:40]]
     res["self_attention_locality"] = {k: float(np.nanmean([d[k] for d in loc])) for k in loc[0]}
-    curves, drops = {}, {}
-    for st in STUDIES:
-        df = pointing_records(aligner, study_set(st, n_per_level), targets_only=True, seed=seed, desc=f"study {st}")
+    def curve_and_drops(items, name, desc):
+        df = pointing_records(aligner, items, targets_only=True, seed=seed, desc=desc)
         g = df.groupby("level").agg(knob=("knob", "mean"), pointing=("hit", "mean"), iou=("iou", "mean"),
                                     n=("hit", "size")).reset_index()
-        g["setting"] = [str(v) for v in STUDY_LEVELS[st]]
-        curves[st] = g.to_dict(orient="records")
-        drops[st] = {"iou": paired_drop(df, "iou", seed=seed),
-                     "pointing": paired_drop(df.assign(hit=df.hit.astype(float)), "hit", seed=seed)}
+        g["setting"] = [str(STUDY_LEVELS[name][lvl]) for lvl in g.level]
+        return g.to_dict(orient="records"), {"iou": paired_drop(df, "iou", seed=seed),
+                                             "pointing": paired_drop(df.assign(hit=df.hit.astype(float)), "hit", seed=seed)}
+    curves, drops = {}, {}
+    for st in STUDIES:
+        curves[st], drops[st] = curve_and_drops(study_set(st, n_per_level), st, f"study {st}")
     res["bias_curves"] = curves
     res["bias_drop_easy_minus_hard"] = drops
+    # not a gate: the distractor copies in the target's colour (does crowding act through a shared attribute?)
+    same = in_target_colour(study_set("distractors", n_per_level))
+    res["distractors_in_target_colour"] = None  # None: every sample's copied object had the target's shape
+    if same:
+        c, d = curve_and_drops(same, "distractors", "study distractors in the target's colour")
+        res["distractors_in_target_colour"] = {"curve": c, "drop_easy_minus_hard": d}
     res["gates"] = {
         "generation_presence": presence >= GATES["generation_presence"],
         "pointing_accuracy": res["pointing_accuracy"] >= GATES["pointing_accuracy"],
@@ -236,6 +243,13 @@ def format_report(res: dict) -> str:
         lines.append(f"| bias `{st}` ({settings}): target IoU | {iou} (drop {d['mean']:+.3f} "
                      f"[{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}]) | falls (CI > 0) | {res['gates'][f'bias_{st}_falls']} |")
         lines.append(f"| bias `{st}`: target pointing | {pointing} | - | - |")
+    if res.get("distractors_in_target_colour"):
+        same = res["distractors_in_target_colour"]
+        d = same["drop_easy_minus_hard"]["iou"]
+        iou = " -> ".join(f"{r['iou']:.2f}" for r in same["curve"])
+        lines.append(f"| not a gate: `distractors` with the copies in the target's colour: target IoU | "
+                     f"{iou} (drop {d['mean']:+.3f} "
+                     f"[{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}], {d['n']} scenes) | - | - |")
     return "\n".join(lines)
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -176,6 +176,26 @@ def _study_sample(study: str, i: int, world: WorldConfig, seed: int) -> list[Toy
         items.append(ToyItem(f"{study}-{i:03d}-{lvl}", scene, make_caption(classes), classes, study, lvl,
                              knob_value, tgt))
     return items
+
+
+def in_target_colour(items: list[ToyItem], world: WorldConfig = WorldConfig()) -> list[ToyItem]:
+    """The ``distractors`` study with the copied background object and its copies drawn in the target's colour
+    (same shapes, positions and sizes; the caption stays fixed across a sample's levels). Samples where the
+    recoloured object would have the target's own class are dropped. Not one of the four Fig. 1 studies: it
+    tells whether crowding weakens the target's map through a shared attribute (its colour word)."""
+    out = []
+    for it in items:
+        if it.study != "distractors":
+            raise ValueError(f"in_target_colour takes items of the 'distractors' study, got {it.study!r} ({it.id})")
+        target, like = it.scene.objects[0], it.scene.objects[1]
+        if like.shape == target.shape:
+            continue
+        objs = [replace(o, colour=target.colour) if k == 1 or k >= 3 else o for k, o in enumerate(it.scene.objects)]
+        seed = int.from_bytes(hashlib.sha256(it.id.encode()).digest()[:4], "little")
+        scene = render(objs, world.image_size, np.random.default_rng(seed), world.texture)
+        classes = [target.phrase] + [c for c in scene.classes if c != target.phrase]
+        out.append(ToyItem(it.id, scene, make_caption(classes), classes, it.study, it.level, it.knob, it.target))
+    return out
 
 
 def _distractors(like: ToyObject, n: int, fixed, size: int, seed: int, i: int) -> list[ToyObject]:
