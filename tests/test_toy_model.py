@@ -241,3 +241,31 @@ def test_training_set_cache_is_keyed_by_world_and_seed(tmp_path, monkeypatch):
     assert cached_classes == ref_classes
     with pytest.raises(AssertionError, match="rendered again"):  # another seed must not reuse the cache
         tr.cached_training_set(TINY_WORLD, 6, 1, tmp_path)
+
+
+def test_init_from_an_exported_pipeline(tmp_path):
+    """``--init-from``: zero UNet steps reproduce the source pipeline's weights exactly; training moves them;
+    the source is recorded; a pipeline of another architecture, or a directory that is no pipeline, is refused."""
+    import dataclasses
+    from safetensors.torch import load_file
+    out_a = train(tmp_path / "a", tmp_path / "wa", TINY_TRAIN, TINY_WORLD, TINY_ARCH)
+    out_b = train(tmp_path / "b", tmp_path / "wb", dataclasses.replace(TINY_TRAIN, unet_steps=0), TINY_WORLD,
+                  TINY_ARCH, init_from=out_a)
+    for sub in ("unet", "text_encoder", "vae"):
+        fa = next((out_a / sub).glob("*.safetensors"))
+        a, b = load_file(fa), load_file(out_b / sub / fa.name)
+        assert a.keys() == b.keys()
+        for k in a:
+            torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
+    meta = json.loads((out_b / "training.json").read_text())
+    assert meta["init_from"]["path"] == str(out_a) and meta["init_from"]["unet_steps_done"] == TINY_TRAIN.unet_steps
+    out_c = train(tmp_path / "c", tmp_path / "wc", dataclasses.replace(TINY_TRAIN, unet_steps=2), TINY_WORLD,
+                  TINY_ARCH, init_from=out_a)
+    fa = next((out_a / "unet").glob("*.safetensors"))
+    a, c = load_file(fa), load_file(out_c / "unet" / fa.name)
+    assert any(not torch.equal(a[k], c[k]) for k in a)
+    other = ToyArchitecture(image_size=32, vae_channels=(16, 16), unet_channels=(16, 16, 32), text_width=32)
+    with pytest.raises(ValueError, match="architecture differs"):
+        train(tmp_path / "d", tmp_path / "wd", TINY_TRAIN, TINY_WORLD, other, init_from=out_a)
+    with pytest.raises(ValueError, match="no training.json"):
+        train(tmp_path / "e", tmp_path / "we", TINY_TRAIN, TINY_WORLD, TINY_ARCH, init_from=tmp_path / "wa")

@@ -113,13 +113,45 @@ def eps_loss(pred: torch.Tensor, eps: torch.Tensor, t: torch.Tensor, alphas_cump
     return (per_sample * snr.clamp(max=snr_gamma) / snr).mean()
 
 
+def _load_exported(module: torch.nn.Module, path: Path) -> None:
+    """Load a saved pipeline component's safetensors into ``module``; only non-persistent buffers may be absent."""
+    from safetensors.torch import load_file
+    files = sorted(path.glob("*.safetensors"))
+    if not files:
+        raise ValueError(f"no .safetensors weights in {path}")
+    missing, unexpected = module.load_state_dict(load_file(files[0]), strict=False)
+    buffers = {n for n, _ in module.named_buffers()}
+    if unexpected or set(missing) - buffers:
+        raise ValueError(f"{files[0]} does not fit the architecture: missing {sorted(set(missing) - buffers)[:5]}, "
+                         f"unexpected {sorted(unexpected)[:5]}")
+
+
+def init_source(init_from: str | Path, arch: ToyArchitecture) -> dict:
+    """What ``--init-from`` records: the exported pipeline's path, its training history and a hash of its UNet."""
+    import hashlib
+    src = Path(init_from)
+    tj = src / "training.json"
+    if not tj.exists():
+        raise ValueError(f"--init-from {src}: no training.json there (a pipeline saved by this trainer is expected)")
+    meta = json.loads(tj.read_text())
+    if meta.get("arch") != json.loads(json.dumps(arch.to_dict())):
+        raise ValueError(f"--init-from {src}: its architecture differs from the one asked for: {meta.get('arch')}")
+    unet_file = next((src / "unet").glob("*.safetensors"))
+    return {"path": str(src), "unet_sha256": hashlib.sha256(unet_file.read_bytes()).hexdigest()[:16],
+            "unet_steps_done": meta.get("unet_steps_done"), "train": meta.get("train"),
+            "extensions": meta.get("extensions", []), "vae_seconds": meta.get("train_seconds", {}).get("vae", 0.0)}
+
+
 def train(out_dir: str | Path = "data/toy-sd", work_dir: str | Path = ".cache/toy-train",
           cfg: TrainConfig = TrainConfig(), world: WorldConfig = WorldConfig(),
-          arch: ToyArchitecture = ToyArchitecture(), export_only: bool = False, extend: bool = False) -> Path:
+          arch: ToyArchitecture = ToyArchitecture(), export_only: bool = False, extend: bool = False,
+          init_from: str | Path | None = None) -> Path:
     """Run (or resume) training and save the pipeline; ``export_only`` saves the pipeline from the
     latest checkpoints without training further; ``extend`` continues a finished run to a larger
     ``unet_steps`` (the cosine learning-rate schedule then restarts over the new horizon, recorded
-    in training.json)."""
+    in training.json); ``init_from`` (a pipeline this trainer saved) starts the VAE, UNet and text encoder
+    from its weights (the VAE stage is skipped; UNet steps count from 0 with a fresh optimiser and
+    schedule), recorded in training.json as ``init_from``."""
     out_dir, work_dir = Path(out_dir), Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(cfg.threads)
@@ -131,6 +163,8 @@ def train(out_dir: str | Path = "data/toy-sd", work_dir: str | Path = ".cache/to
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {cfg.device!r} asked for, but this torch build sees no CUDA GPU; use --device cpu")
     meta = {"train": train_fields, "world": dataclasses.asdict(world), "arch": arch.to_dict()}
+    if init_from is not None:
+        meta["init_from"] = init_source(init_from, arch)
     old = json.loads(meta_path.read_text()) if meta_path.exists() else None
     if old is not None:
         old["train"].pop("threads", None); old["train"].pop("device", None)
@@ -155,7 +189,10 @@ def train(out_dir: str | Path = "data/toy-sd", work_dir: str | Path = ".cache/to
     vae_opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr)
     vae_ckpt = work_dir / "vae.pt"
     start, seconds = 0, {"vae": 0.0, "unet": 0.0}
-    if vae_ckpt.exists():
+    if init_from is not None:
+        _load_exported(vae, Path(init_from) / "vae")
+        start, seconds["vae"] = cfg.vae_steps, float(meta["init_from"]["vae_seconds"] or 0.0)
+    elif vae_ckpt.exists():
         st = torch.load(vae_ckpt, weights_only=False, map_location=dev)
         vae.load_state_dict(st["model"]); vae_opt.load_state_dict(st["opt"]); start = st["step"]
         seconds["vae"] = st.get("seconds", 0.0)
@@ -199,6 +236,9 @@ def train(out_dir: str | Path = "data/toy-sd", work_dir: str | Path = ".cache/to
     torch.manual_seed(cfg.seed + 1)
     unet = build_unet(arch).to(dev)
     text_encoder = build_text_encoder(arch, tokenizer).to(dev)
+    if init_from is not None:
+        _load_exported(unet, Path(init_from) / "unet")
+        _load_exported(text_encoder, Path(init_from) / "text_encoder")
     ema_unet, ema_text = copy.deepcopy(unet).requires_grad_(False), copy.deepcopy(text_encoder).requires_grad_(False)
     train_sched, sample_sched = build_schedulers(arch)
     params = list(unet.parameters()) + list(text_encoder.parameters())
@@ -281,9 +321,11 @@ def main(argv=None) -> None:
     p.add_argument("--extend", action="store_true", help="continue a finished run to a larger --unet-steps")
     for f in dataclasses.fields(TrainConfig):
         p.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default)
+    p.add_argument("--init-from", default=None,
+                   help="start from the weights of a pipeline this trainer saved (e.g. data/toy-sd)")
     a = p.parse_args(argv)
     cfg = TrainConfig(**{f.name: getattr(a, f.name) for f in dataclasses.fields(TrainConfig)})
-    out = train(a.out, a.work_dir, cfg, export_only=a.export_only, extend=a.extend)
+    out = train(a.out, a.work_dir, cfg, export_only=a.export_only, extend=a.extend, init_from=a.init_from)
     print(f"saved {out}")
 
 
