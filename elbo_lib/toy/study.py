@@ -190,7 +190,7 @@ def in_target_colour(items: list[ToyItem], world: WorldConfig = WorldConfig()) -
         target, like = it.scene.objects[0], it.scene.objects[1]
         if like.shape == target.shape:
             continue
-        objs = [replace(o, colour=target.colour) if k == 1 or k >= 3 else o for k, o in enumerate(it.scene.objects)]
+        objs = [replace(o, colour=target.colour) if o.phrase == like.phrase else o for o in it.scene.objects]
         seed = int.from_bytes(hashlib.sha256(it.id.encode()).digest()[:4], "little")
         scene = render(objs, world.image_size, np.random.default_rng(seed), world.texture)
         classes = [target.phrase] + [c for c in scene.classes if c != target.phrase]
