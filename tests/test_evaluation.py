@@ -110,6 +110,11 @@ def test_cache_reuse_no_denoiser_calls(tmp_path, pipes, monkeypatch):
     b = evaluate("tiny", f"folder:{root}", gammas=[0.5, 0.25], **kw)  # a gamma sweep: cache only
     assert a["variants"]["calibrated"] == b["variants"]["calibrated"]
     assert "gamma=0.25" in b["variants"]
+    # an image changed under the same id is measured afresh, never served from the cache
+    img = root / "images" / "img_0001.png"
+    Image.fromarray(255 - np.asarray(Image.open(img))).save(img)
+    with pytest.raises(AssertionError, match="warm cache"):
+        evaluate("tiny", f"folder:{root}", **kw)
 
 
 def _run_cli(model_dir, data, cache, out, env):

@@ -1,6 +1,8 @@
 """On-disk cache of what the model computed per image (``Measurement``), written atomically.
 
-Layout: ``<root>/measurements/<model key>/<settings key>/<image id>.pt``; the model key hashes
+Layout: ``<root>/measurements/<model key>/<settings key>/<image id>-<input key>.pt``; the input key
+hashes what the model was given for that image (pixels, caption), so a dataset whose images change under
+the same ids (a regenerated toy split, an edited study set) is measured afresh; the model key hashes
 the model's name and, for local directories, its configs and weight file sizes; the settings key
 hashes exactly the fields that change denoiser outputs (plus the seed and ELBO phrase variant).
 """
@@ -45,29 +47,40 @@ def model_key(model: str | os.PathLike) -> str:
     return f"{slug}-{_hash(parts)}"
 
 
+def input_bytes(image, caption: str) -> bytes:
+    """What a measurement is computed from, as bytes for the cache's input key: the pixels and the caption."""
+    import numpy as np
+    a = np.ascontiguousarray(np.asarray(image))
+    return f"{a.shape}|{a.dtype}|{caption}|".encode() + a.tobytes()
+
+
 class MeasurementCache:
     def __init__(self, root: str | os.PathLike | None, model: str | os.PathLike, settings: dict):
         self.root = Path(root or DEFAULT_CACHE_DIR)
         self.dir = self.root / "measurements" / model_key(model) / _hash(settings)
         self.settings = settings
 
-    def _path(self, image_id: str) -> Path:
-        return self.dir / (re.sub(r"[^A-Za-z0-9_.-]+", "_", image_id) + ".pt")
+    def _path(self, image_id: str, inputs: bytes = b"") -> Path:
+        stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", image_id)
+        if inputs:
+            stem += "-" + hashlib.sha1(inputs).hexdigest()[:12]
+        return self.dir / (stem + ".pt")
 
-    def get(self, image_id: str) -> Measurement | None:
-        p = self._path(image_id)
+    def get(self, image_id: str, inputs: bytes = b"") -> Measurement | None:
+        """The cached measurement of ``image_id`` made from exactly ``inputs`` (see ``input_bytes``), if any."""
+        p = self._path(image_id, inputs)
         if not p.exists():
             return None
         return Measurement.from_state(torch.load(p, weights_only=False))
 
-    def put(self, image_id: str, m: Measurement) -> None:
+    def put(self, image_id: str, m: Measurement, inputs: bytes = b"") -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
         settings_file = self.dir / "settings.json"
         if not settings_file.exists():
             tmp = settings_file.with_name(f".settings.{os.getpid()}.tmp")
             tmp.write_text(json.dumps(self.settings, indent=2, default=str))
             os.replace(tmp, settings_file)
-        p = self._path(image_id)
+        p = self._path(image_id, inputs)
         tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
         torch.save(m.state(), tmp)
         os.replace(tmp, p)

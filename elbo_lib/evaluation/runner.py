@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from ..aligner import AlignConfig, Aligner, Measurement, finalize
 from ..datasets import SegmentationDataset, get_dataset
 from ..tokens import default_caption
-from .cache import DEFAULT_CACHE_DIR, MeasurementCache
+from .cache import DEFAULT_CACHE_DIR, MeasurementCache, input_bytes
 from .metrics import best_threshold, bootstrap_miou, miou, per_image_iu
 
 THRESHOLDS = np.round(np.arange(0.05, 1.0, 0.05), 2)
@@ -71,8 +71,9 @@ def measure_dataset(model: str | os.PathLike, dataset: SegmentationDataset, cfg:
         sample = dataset.load(i)
         if not sample.class_ids:
             continue
-        m = cache.get(sample.id)
         phrases = dataset.phrases(sample.class_ids)
+        inputs = input_bytes(sample.image, _caption(sample, phrases, cfg))
+        m = cache.get(sample.id, inputs)
         if m is None or m.classes != phrases:
             if aligner is None:
                 if pipe is None:
@@ -85,7 +86,7 @@ def measure_dataset(model: str | os.PathLike, dataset: SegmentationDataset, cfg:
             else:
                 m = aligner.measure(sample.image, phrases, _caption(sample, phrases, cfg), seed=seed,
                                     elbo_classes=elbo_phrases, cfg=cfg, elbo=elbo)
-            cache.put(sample.id, m)
+            cache.put(sample.id, m, inputs)
         yield sample, m
 
 
