@@ -13,7 +13,7 @@ import numpy as np
 
 from .aligner import AlignConfig, Aligner, AlignmentResult, Measurement, finalize
 from .experiments import SUPERSET, attention_subset, elbo_subset, superset_config
-from .toy.study import _occluder, _place_apart
+from .toy.study import _occluder, _place_apart, copies_around
 from .toy.world import RARE_SHAPE, Scene, ToyObject, make_caption, render
 
 
@@ -44,9 +44,7 @@ def build_scene(k: SceneKnobs, size: int = 64) -> Scene:
     if k.occlusion > 0:
         objs = [target, b, _occluder(target, a, k.occlusion, size)]
     if k.distractors:
-        spots = _place_apart(np.random.default_rng([k.seed, 6]), size, [6.0] * k.distractors,
-                             [(tx, ty, 14.0), (ax, ay, 9.0), (bx, by, 9.0)], gap=0.5)
-        objs += [ToyObject(b.colour, b.shape, x, y, 6.0) for x, y in spots]
+        objs += copies_around(target, b, k.distractors, objs[1:], size, np.random.default_rng([k.seed, 6]))
     return render(objs, size, np.random.default_rng(k.seed))
 
 

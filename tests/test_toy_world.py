@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from elbo_lib.toy.detector import detect, present
-from elbo_lib.toy.study import STUDIES, STUDY_LEVELS, eval_split, in_target_colour, study_set
+from elbo_lib.toy.study import STUDIES, STUDY_LEVELS, copies_around, eval_split, in_target_colour, study_set
 from elbo_lib.toy.tokenizer import build_tokenizer
 from elbo_lib.toy.world import (COLOURS, RARE_SHAPE, SHAPES, ToyObject, WorldConfig, make_caption, parse_phrase,
                                 parse_prompt, render, sample_scene, shape_mask, training_caption, vocabulary)
@@ -149,6 +149,8 @@ def test_splits_and_studies(tmp_path):
                 assert knobs == sorted(knobs) and knobs[-1] > 0.6
             if st == "distractors":
                 assert [len(it.scene.objects) for it in lv] == [3 + k for k in STUDY_LEVELS[st]]
+                t, first = lv[-1].scene.objects[0], lv[-1].scene.objects[3]  # the nearest copy touches the target
+                assert np.hypot(t.cx - first.cx, t.cy - first.cy) < t.r + first.r + 1.5
             if st == "rare":
                 assert lv[-1].target.endswith(RARE_SHAPE)
     with pytest.raises(ValueError, match="unknown study"):
@@ -177,3 +179,23 @@ def test_distractors_in_target_colour_recolours_only_the_copied_object(tmp_path)
         assert len({it.caption for it in same if it.id.startswith(s + "-")}) == 1
     with pytest.raises(ValueError, match="distractors"):
         in_target_colour(study_set("smaller", 1, cache_dir=tmp_path))
+
+
+def test_copies_surround_the_target_nested_and_clear():
+    target, a = ToyObject("red", "circle", 20.0, 30.0, 11.0), ToyObject("blue", "star", 50.0, 12.0, 9.0)
+    rng = lambda: np.random.default_rng(7)
+    six = copies_around(target, a, 6, [a], 64, rng())
+    assert copies_around(target, a, 4, [a], 64, rng()) == six[:4]  # the levels of a sample are nested
+    placed = [target, a] + six
+    for i, o in enumerate(placed):
+        assert (o.colour, o.shape) == (("blue", "star") if i else ("red", "circle")) or i == 0
+        for q in placed[i + 1:]:
+            assert np.hypot(o.cx - q.cx, o.cy - q.cy) >= o.r + q.r + 1.0  # bounding circles 1 px apart
+    dist = [np.hypot(o.cx - target.cx, o.cy - target.cy) for o in six]
+    # packed around the target: the nearest ring is 11 + 6 + 1 = 18 px out; the image edge and the companion
+    # block part of it here, so five copies fit in it and the sixth sits just outside
+    assert min(dist) >= 18.0 and sum(d < 19.0 for d in dist) == 5 and max(dist) < 26.0
+    with pytest.raises(ValueError, match="could not place 40 copies"):
+        copies_around(target, a, 40, [a], 64, rng())
+    with pytest.raises(ValueError, match=">= 0"):
+        copies_around(target, a, -1, [a], 64, rng())

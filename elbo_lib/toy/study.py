@@ -3,7 +3,7 @@
 Study sets hold a target object and vary one factor from the easy to the hard end with
 everything else fixed per sample (same positions, colours and companions):
 ``smaller`` (target radius), ``occluded`` (fraction of the target hidden by a companion drawn on
-top), ``distractors`` (copies of a companion's class around the target) and ``rare`` (the
+top), ``distractors`` (small copies of a companion's class packed around the target, nearest free spots first) and ``rare`` (the
 target's shape swapped for progressively rarer training shapes, ending at the rare class).
 """
 from __future__ import annotations
@@ -129,6 +129,10 @@ STUDY_LEVELS = {
 }
 
 
+# bumped when a study's construction changes, so cached sets made by older code are not reused
+STUDY_DESIGN = {"smaller": 1, "occluded": 1, "distractors": 2, "rare": 1}  # distractors 2: copies packed around the target
+
+
 def study_set(study: str, n_per_level: int = 40, world: WorldConfig = WorldConfig(), seed: int = 0,
               cache_dir: Path | None = None) -> list[ToyItem]:
     """One of the four Fig. 1 study sets (see module docstring); levels go from easy to hard."""
@@ -140,7 +144,7 @@ def study_set(study: str, n_per_level: int = 40, world: WorldConfig = WorldConfi
     def build():
         return [it for i in range(n_per_level) for it in _study_sample(study, i, world, seed)]
     return _cached(f"study-{study}", build, cache_dir, n=n_per_level, seed=seed, world=asdict(world),
-                   levels=STUDY_LEVELS[study])
+                   levels=STUDY_LEVELS[study], design=STUDY_DESIGN[study])
 
 
 def _study_sample(study: str, i: int, world: WorldConfig, seed: int) -> list[ToyItem]:
@@ -166,7 +170,7 @@ def _study_sample(study: str, i: int, world: WorldConfig, seed: int) -> list[Toy
         elif study == "occluded" and knob > 0:
             objs = [target, b, _occluder(target, a, float(knob), size)]
         elif study == "distractors" and knob > 0:
-            objs = objs + _distractors(a, int(knob), [(tx, ty, 14.0), (ax, ay, r_c), (bx, by, r_c)], size, seed, i)
+            objs = objs + copies_around(target, a, int(knob), [a, b], size, np.random.default_rng([seed, 99, i]))
         scene = render(objs, size, np.random.default_rng(tex_seed), world.texture)
         hidden = 1.0 - scene.visible_area(0) / shape_mask(objs[0].shape, objs[0].cx, objs[0].cy, objs[0].r, size).sum()
         classes = scene.classes
@@ -198,15 +202,30 @@ def in_target_colour(items: list[ToyItem], world: WorldConfig = WorldConfig()) -
     return out
 
 
-def _distractors(like: ToyObject, n: int, fixed, size: int, seed: int, i: int) -> list[ToyObject]:
-    """``n`` small copies of ``like`` clear of the fixed objects; shrinks them (6 -> 4 px) when they do not fit."""
-    for r in (6.0, 5.0, 4.0):
-        try:
-            spots = _place_apart(np.random.default_rng([seed, 99, i]), size, [r] * n, fixed, gap=0.5)
-            return [ToyObject(like.colour, like.shape, x, y, r) for x, y in spots]
-        except ValueError:
-            continue
-    raise ValueError(f"could not place {n} distractors of radius >= 4 px around sample {i}")
+def copies_around(target: ToyObject, like: ToyObject, n: int, others: list[ToyObject], size: int,
+                  rng: np.random.Generator, radii: tuple[float, ...] = (6.0, 5.0, 4.0), gap: float = 1.0,
+                  candidates: int = 4000) -> list[ToyObject]:
+    """``n`` small copies of ``like`` surrounding ``target``: among ``candidates`` uniformly drawn centres, the
+    nearest to the target that keep every bounding circle ``gap`` px clear of the target, ``others`` and the
+    copies already placed. Copies shrink (radius 6 -> 5 -> 4 px) only when ``n`` do not fit; the first
+    copies are the same for every ``n`` at a given radius, so the levels of a study sample are nested."""
+    if n < 0:
+        raise ValueError(f"number of copies must be >= 0, got {n}")
+    state = rng.bit_generator.state
+    for r in radii:
+        rng.bit_generator.state = state  # the same candidates at every radius and every n
+        c = rng.uniform(r, size - r, size=(candidates, 2))
+        c = c[np.argsort(np.hypot(c[:, 0] - target.cx, c[:, 1] - target.cy), kind="stable")]
+        placed = [(o.cx, o.cy, o.r) for o in [target, *others]]
+        out: list[ToyObject] = []
+        for x, y in c:
+            if len(out) == n:
+                break
+            if all(np.hypot(x - px, y - py) >= r + pr + gap for px, py, pr in placed):
+                placed.append((x, y, r)); out.append(ToyObject(like.colour, like.shape, float(x), float(y), r))
+        if len(out) == n:
+            return out
+    raise ValueError(f"could not place {n} copies of radius >= {min(radii)} px around the target in {size}px")
 
 
 def _occluder(target: ToyObject, other: ToyObject, fraction: float, size: int) -> ToyObject:
