@@ -14,6 +14,7 @@ import os
 import re
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from ..aligner import Measurement
@@ -49,7 +50,6 @@ def model_key(model: str | os.PathLike) -> str:
 
 def input_bytes(image, caption: str) -> bytes:
     """What a measurement is computed from, as bytes for the cache's input key: the pixels and the caption."""
-    import numpy as np
     a = np.ascontiguousarray(np.asarray(image))
     return f"{a.shape}|{a.dtype}|{caption}|".encode() + a.tobytes()
 

@@ -72,7 +72,8 @@ def measure_dataset(model: str | os.PathLike, dataset: SegmentationDataset, cfg:
         if not sample.class_ids:
             continue
         phrases = dataset.phrases(sample.class_ids)
-        inputs = input_bytes(sample.image, _caption(sample, phrases, cfg))
+        caption = _caption(sample, phrases, cfg)
+        inputs = input_bytes(sample.image, caption)
         m = cache.get(sample.id, inputs)
         if m is None or m.classes != phrases:
             if aligner is None:
@@ -82,9 +83,9 @@ def measure_dataset(model: str | os.PathLike, dataset: SegmentationDataset, cfg:
                 aligner = Aligner(pipe, cfg)
             elbo_phrases = [p.split()[-1] for p in phrases] if nouns_only_elbo else None
             if measure_fn is not None:
-                m = measure_fn(aligner, sample.image, phrases, _caption(sample, phrases, cfg), seed, cfg)
+                m = measure_fn(aligner, sample.image, phrases, caption, seed, cfg)
             else:
-                m = aligner.measure(sample.image, phrases, _caption(sample, phrases, cfg), seed=seed,
+                m = aligner.measure(sample.image, phrases, caption, seed=seed,
                                     elbo_classes=elbo_phrases, cfg=cfg, elbo=elbo)
             cache.put(sample.id, m, inputs)
         yield sample, m

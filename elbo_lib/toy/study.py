@@ -3,8 +3,9 @@
 Study sets hold a target object and vary one factor from the easy to the hard end with
 everything else fixed per sample (same positions, colours and companions):
 ``smaller`` (target radius), ``occluded`` (fraction of the target hidden by a companion drawn on
-top), ``distractors`` (small copies of a companion's class packed around the target, nearest free spots first) and ``rare`` (the
-target's shape swapped for progressively rarer training shapes, ending at the rare class).
+top), ``distractors`` (small copies of a companion's class packed around the target, nearest free
+spots first) and ``rare`` (the target's shape swapped for progressively rarer training shapes, ending at
+the rare class).
 """
 from __future__ import annotations
 
@@ -130,7 +131,7 @@ STUDY_LEVELS = {
 
 
 # bumped when a study's construction changes, so cached sets made by older code are not reused
-STUDY_DESIGN = {"smaller": 1, "occluded": 1, "distractors": 2, "rare": 1}  # distractors 2: copies packed around the target
+STUDY_DESIGN = {"smaller": 1, "occluded": 1, "distractors": 2, "rare": 1}  # distractors 2: copies around the target
 
 
 def study_set(study: str, n_per_level: int = 40, world: WorldConfig = WorldConfig(), seed: int = 0,
