@@ -165,4 +165,7 @@ def test_model_key_follows_configs_not_reports(tmp_path):
     (d / "unet" / "config.json").write_text('{"a": 2}')
     assert model_key(d) != k2
     (d / "unet" / "w.safetensors").write_bytes(b"12345")
-    assert len({k, k2, model_key(d)}) == 3
+    k3 = model_key(d)
+    assert len({k, k2, k3}) == 3
+    (d / "unet" / "w.safetensors").write_bytes(b"12346")  # same size, new weights: a fine-tune saved in place
+    assert model_key(d) != k3

@@ -30,9 +30,20 @@ def _hash(obj) -> str:
 NOT_MODEL_FILES = ("quality.json", "README.md")  # reports next to the weights; they change no measurement
 
 
+def _weights_fingerprint(f: Path, span: int = 1 << 20) -> str:
+    size = f.stat().st_size
+    with open(f, "rb") as fh:
+        head = fh.read(span)
+        fh.seek(max(size - span, 0))
+        tail = fh.read(span)
+    return f"{size}:{hashlib.sha1(head + tail).hexdigest()}"
+
+
 def model_key(model: str | os.PathLike) -> str:
-    """A local model directory is keyed by its configs' contents and its weight files' sizes (reports
-    such as the toy model's quality.json excluded); a hub id by its name."""
+    """A local model directory is keyed by its configs' contents and, per weight file, its size and a hash
+    of its first and last MiB (a fine-tune saved in place changes those bytes; hashing whole multi-GB
+    checkpoints on every call would be slow); reports such as the toy model's quality.json are excluded.
+    A hub id is keyed by its name."""
     path = Path(model)
     parts: dict = {"name": str(model)}
     if path.is_dir():
@@ -43,7 +54,7 @@ def model_key(model: str | os.PathLike) -> str:
             if f.is_file() and f.suffix in (".json", ".txt"):
                 parts[str(f.relative_to(path))] = hashlib.sha1(f.read_bytes()).hexdigest()
             elif f.is_file():
-                parts[str(f.relative_to(path))] = f.stat().st_size
+                parts[str(f.relative_to(path))] = _weights_fingerprint(f)
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", parts["name"])[-40:]
     return f"{slug}-{_hash(parts)}"
 
