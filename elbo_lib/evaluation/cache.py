@@ -3,7 +3,8 @@
 Layout: ``<root>/measurements/<model key>/<settings key>/<image id>-<input key>.pt``; the input key
 hashes what the model was given for that image (pixels, caption), so a dataset whose images change under
 the same ids (a regenerated toy split, an edited study set) is measured afresh; the model key hashes
-the model's name and, for local directories, its configs and weight file sizes; the settings key
+the model's name and, for local directories, its configs and each weight file's size and first and
+last MiB; the settings key
 hashes exactly the fields that change denoiser outputs (plus the seed and ELBO phrase variant).
 """
 from __future__ import annotations
@@ -71,20 +72,18 @@ class MeasurementCache:
         self.dir = self.root / "measurements" / model_key(model) / _hash(settings)
         self.settings = settings
 
-    def _path(self, image_id: str, inputs: bytes = b"") -> Path:
+    def _path(self, image_id: str, inputs: bytes) -> Path:
         stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", image_id)
-        if inputs:
-            stem += "-" + hashlib.sha1(inputs).hexdigest()[:12]
-        return self.dir / (stem + ".pt")
+        return self.dir / f"{stem}-{hashlib.sha1(inputs).hexdigest()[:12]}.pt"
 
-    def get(self, image_id: str, inputs: bytes = b"") -> Measurement | None:
+    def get(self, image_id: str, inputs: bytes) -> Measurement | None:
         """The cached measurement of ``image_id`` made from exactly ``inputs`` (see ``input_bytes``), if any."""
         p = self._path(image_id, inputs)
         if not p.exists():
             return None
         return Measurement.from_state(torch.load(p, weights_only=False))
 
-    def put(self, image_id: str, m: Measurement, inputs: bytes = b"") -> None:
+    def put(self, image_id: str, m: Measurement, inputs: bytes) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
         settings_file = self.dir / "settings.json"
         if not settings_file.exists():

@@ -196,13 +196,13 @@ def run_checks(model: str = "data/toy-sd", n_test: int = 300, n_per_level: int =
         g["setting"] = [str(STUDY_LEVELS[name][lvl]) for lvl in g.level]
         return g.to_dict(orient="records"), {"iou": paired_drop(df, "iou", seed=seed),
                                              "pointing": paired_drop(df.assign(hit=df.hit.astype(float)), "hit", seed=seed)}
-    curves, drops = {}, {}
+    curves, drops, sets = {}, {}, {st: study_set(st, n_per_level) for st in STUDIES}
     for st in STUDIES:
-        curves[st], drops[st] = curve_and_drops(study_set(st, n_per_level), st, f"study {st}")
+        curves[st], drops[st] = curve_and_drops(sets[st], st, f"study {st}")
     res["bias_curves"] = curves
     res["bias_drop_easy_minus_hard"] = drops
     # not a gate: the distractor copies in the target's colour (does crowding act through a shared attribute?)
-    same = in_target_colour(study_set("distractors", n_per_level))
+    same = in_target_colour(sets["distractors"])
     res["distractors_in_target_colour"] = None  # None: every sample's copied object had the target's shape
     if same:
         c, d = curve_and_drops(same, "distractors", "study distractors in the target's colour")

@@ -212,10 +212,9 @@ def copies_around(target: ToyObject, like: ToyObject, n: int, others: list[ToyOb
     copies are the same for every ``n`` at a given radius, so the levels of a study sample are nested."""
     if n < 0:
         raise ValueError(f"number of copies must be >= 0, got {n}")
-    state = rng.bit_generator.state
+    u = rng.random((candidates, 2))  # the same candidates, rescaled, at every radius and every n
     for r in radii:
-        rng.bit_generator.state = state  # the same candidates at every radius and every n
-        c = rng.uniform(r, size - r, size=(candidates, 2))
+        c = r + (size - 2 * r) * u
         c = c[np.argsort(np.hypot(c[:, 0] - target.cx, c[:, 1] - target.cy), kind="stable")]
         placed = [(o.cx, o.cy, o.r) for o in [target, *others]]
         out: list[ToyObject] = []

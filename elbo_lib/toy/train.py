@@ -113,16 +113,22 @@ def eps_loss(pred: torch.Tensor, eps: torch.Tensor, t: torch.Tensor, alphas_cump
     return (per_sample * snr.clamp(max=snr_gamma) / snr).mean()
 
 
-def _load_exported(module: torch.nn.Module, path: Path) -> None:
-    """Load a saved pipeline component's safetensors into ``module``; only non-persistent buffers may be absent."""
-    from safetensors.torch import load_file
+def _weights_file(path: Path) -> Path:
+    """The safetensors file of a saved pipeline component."""
     files = sorted(path.glob("*.safetensors"))
     if not files:
         raise ValueError(f"no .safetensors weights in {path}")
-    missing, unexpected = module.load_state_dict(load_file(files[0]), strict=False)
+    return files[0]
+
+
+def _load_exported(module: torch.nn.Module, path: Path) -> None:
+    """Load a saved pipeline component's safetensors into ``module``; only non-persistent buffers may be absent."""
+    from safetensors.torch import load_file
+    weights = _weights_file(path)
+    missing, unexpected = module.load_state_dict(load_file(weights), strict=False)
     buffers = {n for n, _ in module.named_buffers()}
     if unexpected or set(missing) - buffers:
-        raise ValueError(f"{files[0]} does not fit the architecture: missing {sorted(set(missing) - buffers)[:5]}, "
+        raise ValueError(f"{weights} does not fit the architecture: missing {sorted(set(missing) - buffers)[:5]}, "
                          f"unexpected {sorted(unexpected)[:5]}")
 
 
@@ -136,7 +142,7 @@ def init_source(init_from: str | Path, arch: ToyArchitecture) -> dict:
     meta = json.loads(tj.read_text())
     if meta.get("arch") != json.loads(json.dumps(arch.to_dict())):
         raise ValueError(f"--init-from {src}: its architecture differs from the one asked for: {meta.get('arch')}")
-    unet_file = next((src / "unet").glob("*.safetensors"))
+    unet_file = _weights_file(src / "unet")
     return {"path": str(src), "unet_sha256": hashlib.sha256(unet_file.read_bytes()).hexdigest()[:16],
             "unet_steps_done": meta.get("unet_steps_done"), "train": meta.get("train"),
             "extensions": meta.get("extensions", []), "vae_seconds": meta.get("train_seconds", {}).get("vae", 0.0)}
