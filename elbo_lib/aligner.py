@@ -14,26 +14,69 @@ import numpy as np
 import torch
 
 from . import calibrate as cal
-from .attention import LayerWeights, aggregate_cross, capture_attention
-from .elbo import attention_timesteps, class_losses, elbo_timesteps, shared_noise, check_finite
+from .attention import LAYER_WEIGHTS, LayerWeights, aggregate_cross, capture_attention, two_hop_self_attention
+from .elbo import WEIGHTINGS, attention_timesteps, check_finite, class_losses, elbo_timesteps, shared_noise
 from .models import adapter_for, model_hints, to_pil_rgb
-from .tokens import default_caption, token_positions
+from .models.base import RESIZES
+from .tokens import OCCURRENCES, default_caption, token_positions
+
+
+SELF_RULES = ("two_hop", "finest")
+NOISE_DRAWS = ("stream", "split")
+MEASURE_VERSION = 2  # bump when the same config fields start to give different measurements
+
+# The project's own choices before it was pinned to the authors' code, kept as a named preset so
+# that any table can show them as an extra, labelled row.
+PRESETS = {
+    "official": {},
+    "project": dict(layer_weights="levels", self_rule="finest", renormalize=False, weighting="eps",
+                    token_occurrence="all", resize="unet-bicubic", noise="split", flow_shift=False),
+}
 
 
 @dataclass(frozen=True)
 class AlignConfig:
-    """The paper's knobs, with its defaults (Sec. IV, DIGEST)."""
+    """The method's knobs. The defaults are the **official** configuration: the authors' public code
+    (VCG-team/elbo-t2ialign, run script settings) step for step, pinned by ``tests/test_parity.py``:
+
+    - ``layer_weights="gaussian"``: cross-attention layers weighted by a Gaussian (std 3) over the layer
+      index centred on the middle block (:func:`attention.gaussian_layer_weights`);
+    - ``self_rule="two_hop"``: self-attention ``avg_B @ avg_A`` with A = first and last resolution segment,
+      B = last (``self_weight``, :func:`attention.two_hop_self_attention`), averaged over the attention
+      timesteps up to ``self_attention_t_max``;
+    - ``renormalize=True``: each class heatmap min-max normalised again after refinement and resize;
+    - ``weighting="authors"``: epsilon-space MSE for DDPM-type models, plain velocity MSE for SD 3;
+    - ``flow_shift=True``: SD 3 noise levels from the scheduler's shifted sigmas;
+    - ``token_occurrence="first"``, ``resize="vae-bilinear"``, ``noise="stream"`` (one seeded stream
+      per image: the attention noise, then the ELBO noise, as the authors draw them).
+
+    The toy UNet is shallower than SD 1.5 (cross-attention at 16, 8 | 4 | 8, 8, 16, 16; self-attention
+    segments 16-8-4-8-16); the rules above carry over unchanged: the Gaussian is centred on its single
+    mid layer (index 2 of 7), and hop A averages its two 16x16 segments (first down, last up), hop B the
+    last up segment.
+
+    ``AlignConfig.preset("project")`` gives the project's earlier choices (per-level weights, one-hop
+    self-attention of the finest layers, no renormalisation, ...), shown only as extra rows.
+    """
 
     gamma: float = 1 / 3
     elbo_steps: int = 20
     elbo_strategy: str = "even"
     attention_steps: int = 10
     attention_t_max: float = 0.2
-    layer_weights: LayerWeights = "paper"
+    self_attention_t_max: float | None = None  # self-attention averaged over attention steps t <= this (None: all)
+    layer_weights: LayerWeights = "gaussian"
     self_attention: bool = True
+    self_rule: str = "two_hop"
+    self_weight: tuple | None = None  # per-hop segment weights; None: first+last, last (default_self_weight)
+    renormalize: bool = True
     calibrate: bool = True
     fixed_score: float | None = None
-    weighting: str = "eps"
+    weighting: str = "authors"
+    flow_shift: bool = True
+    token_occurrence: str = "first"
+    resize: str = "vae-bilinear"
+    noise: str = "stream"
     elbo_template: str = "a photo of {}"
     caption_template: str = "a photo of {}"
     caption_item: str = "{}"
@@ -47,14 +90,83 @@ class AlignConfig:
             raise ValueError(f"fixed_score must be in (0, 1] or None, got {self.fixed_score}")
         if "{}" not in self.elbo_template or "{}" not in self.caption_template or "{}" not in self.caption_item:
             raise ValueError("elbo_template, caption_template and caption_item must each contain '{}'")
+        for name, allowed in (("self_rule", SELF_RULES), ("noise", NOISE_DRAWS), ("weighting", WEIGHTINGS),
+                              ("token_occurrence", OCCURRENCES), ("resize", RESIZES)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if isinstance(self.layer_weights, str) and self.layer_weights not in LAYER_WEIGHTS:
+            raise ValueError(f"layer_weights must be one of {LAYER_WEIGHTS}, a dict or a callable; "
+                             f"got {self.layer_weights!r}")
+        if self.self_attention_t_max is not None and not 0 < self.self_attention_t_max <= self.attention_t_max:
+            raise ValueError(f"self_attention_t_max must be in (0, attention_t_max = {self.attention_t_max}] "
+                             f"or None, got {self.self_attention_t_max}")
+        if self.self_weight is not None:
+            object.__setattr__(self, "self_weight", tuple(tuple(float(x) for x in hop) for hop in self.self_weight))
         elbo_timesteps(self.elbo_steps, self.elbo_strategy)
         attention_timesteps(self.attention_steps, self.attention_t_max)
 
+    @classmethod
+    def official(cls, **overrides) -> "AlignConfig":
+        """The authors' algorithm (the defaults), with ``overrides``."""
+        return cls(**overrides)
+
+    @classmethod
+    def preset(cls, name: str, **overrides) -> "AlignConfig":
+        """A named configuration: ``"official"`` (the authors') or ``"project"`` (the project's earlier
+        choices); ``overrides`` win."""
+        if name not in PRESETS:
+            raise ValueError(f"unknown preset {name!r}; choose from {sorted(PRESETS)}")
+        return cls(**{**PRESETS[name], **overrides})
+
     def measurement_key(self) -> dict:
-        """The fields that change denoiser outputs (what a cache must be keyed by)."""
-        keep = ("elbo_steps", "elbo_strategy", "attention_steps", "attention_t_max", "layer_weights",
-                "self_attention", "weighting", "elbo_template", "caption_template", "caption_item", "resolution")
-        return {k: (repr(v) if callable(v) else v) for k, v in dataclasses.asdict(self).items() if k in keep}
+        """The fields that change denoiser outputs or what is kept of them (what a cache must be keyed by)."""
+        keep = ("elbo_steps", "elbo_strategy", "attention_steps", "attention_t_max", "self_attention_t_max",
+                "layer_weights", "self_attention", "self_rule", "self_weight", "weighting", "flow_shift",
+                "token_occurrence", "resize", "noise", "elbo_template", "caption_template", "caption_item",
+                "resolution")
+        key = {k: (repr(v) if callable(v) else v) for k, v in dataclasses.asdict(self).items() if k in keep}
+        return {**key, "version": MEASURE_VERSION}
+
+
+@dataclass(frozen=True)
+class Noise:
+    """Noise for :meth:`Aligner.measure`, one draw per timestep, shared by every class:
+    ``attention`` (T_a, C, h, w) for the attention passes, ``elbo`` (T_e, C, h, w) for the ELBO.
+    float32, on the CPU or the model's device (the authors' reference noise, or your own)."""
+
+    attention: torch.Tensor
+    elbo: torch.Tensor
+
+    @classmethod
+    def draw(cls, latent_shape, n_attention: int, n_elbo: int, seed: int = 0, rule: str = "stream") -> "Noise":
+        """``"stream"``: one generator seeded with ``seed`` draws the attention noise, then the ELBO noise
+        (the authors' per-image order: ``torch.manual_seed(4307)`` then their first image's noise is
+        ``Noise.draw(shape, 10, 20, 4307)``). ``"split"``: ELBO noise from ``seed``, attention noise from
+        ``seed + 7919`` (the project's earlier rule)."""
+        if rule not in NOISE_DRAWS:
+            raise ValueError(f"noise rule must be one of {NOISE_DRAWS}, got {rule!r}")
+        shape = tuple(latent_shape)
+        if rule == "split":
+            return cls(shared_noise(shape, n_attention, seed + 7919, "cpu", torch.float32),
+                       shared_noise(shape, n_elbo, seed, "cpu", torch.float32))
+        g = torch.Generator().manual_seed(int(seed))
+        att = torch.randn((n_attention, *shape), generator=g)
+        return cls(att, torch.randn((n_elbo, *shape), generator=g))
+
+    def checked(self, latent_shape, n_attention: int, n_elbo: int, device) -> "Noise":
+        """Validate against a latent (C, h, w) and the timestep counts; return it on ``device``."""
+        for what, x, n in (("attention", self.attention, n_attention), ("elbo", self.elbo, n_elbo)):
+            if not isinstance(x, torch.Tensor):
+                raise ValueError(f"{what} noise must be a torch.Tensor, got {type(x).__name__}")
+            want = (n, *latent_shape)
+            if tuple(x.shape) != want:
+                raise ValueError(f"{what} noise has shape {tuple(x.shape)}; this image and config need {want} "
+                                 "(timesteps, latent channels, latent height, latent width)")
+            if x.dtype != torch.float32:
+                raise ValueError(f"{what} noise must be float32 (it is cast to the model's dtype), got {x.dtype}")
+            if x.device.type not in ("cpu", torch.device(device).type):
+                raise ValueError(f"{what} noise is on {x.device}; put it on the CPU or on the model's device {device}")
+        return Noise(self.attention.to(device), self.elbo.to(device))
 
 
 @dataclass
@@ -67,7 +179,7 @@ class Measurement:
     elbo: torch.Tensor            # (N, T_e) per-class, per-timestep losses
     attention_t: np.ndarray       # (T_a,) attention timesteps
     cross: torch.Tensor           # (T_a, N, h, w) class cross-attention per attention timestep
-    self_attn: torch.Tensor | None  # (h*w, h*w) self-attention averaged over timesteps and finest layers
+    self_attn: torch.Tensor | None  # (h*w, h*w) refinement matrix (self_rule), rows = queries
     image_hw: tuple[int, int]     # input image size (H, W)
 
     def state(self) -> dict:
@@ -107,7 +219,7 @@ def finalize(m: Measurement, cfg: AlignConfig, elbo_idx=None, attention_idx=None
         raise ValueError("empty attention timestep subset")
     if elbo.shape[1] == 0 and cfg.calibrate and cfg.fixed_score is None:
         raise ValueError("no ELBO timesteps: measure with elbo=True, or finalize with calibrate=False or a fixed_score")
-    maps = cross.double().mean(0)  # (N, h, w)
+    maps = cross.float().mean(0)  # (N, h, w), float32 as the authors' (see calibrate.refine_with_self_attention)
     n = maps.shape[0]
     if not cfg.calibrate:
         scores = torch.ones(n, dtype=torch.float64)
@@ -120,10 +232,11 @@ def finalize(m: Measurement, cfg: AlignConfig, elbo_idx=None, attention_idx=None
         h = cal.calibrate_maps(maps, s)
         if cfg.self_attention and m.self_attn is not None:
             h = cal.refine_with_self_attention(h, m.self_attn)
-        return cal.upsample(h, m.image_hw).clamp(0, 1)
+        h = cal.upsample(h, m.image_hw)
+        return cal.renormalize(h) if cfg.renormalize else h.clamp(0, 1)
 
-    raw = heat(torch.ones(n, dtype=torch.float64))
-    heatmaps = heat(scores)
+    raw = heat(torch.ones(n, dtype=torch.float64)).double()
+    heatmaps = heat(scores).double()
     probs = cal.class_probabilities(heatmaps)
     return AlignmentResult(list(m.classes), probs.numpy(), heatmaps.numpy(), raw.numpy(), elbo.numpy(),
                            scores.numpy(), m.caption)
@@ -153,10 +266,13 @@ class Aligner:
     @torch.no_grad()
     def measure(self, image, classes: list[str], caption: str | None = None, seed: int = 0,
                 elbo_classes: list[str] | None = None, cfg: AlignConfig | None = None,
-                progress: bool = False, elbo: bool = True) -> Measurement:
+                progress: bool = False, elbo: bool = True, noise: Noise | None = None,
+                latent: torch.Tensor | None = None) -> Measurement:
         """Alg. 1 lines 1-4: encode, collect attention, estimate per-class ELBO losses.
         ``elbo_classes`` (default: ``classes``) are the phrases whose ELBO is measured (Table IV);
-        ``elbo=False`` skips the ELBO (attention only: the uncalibrated baseline)."""
+        ``elbo=False`` skips the ELBO (attention only: the uncalibrated baseline). ``noise`` (a
+        :class:`Noise`) replaces the noise drawn from ``seed``; ``latent`` (1, C, h, w) replaces the
+        encoded image (``image`` then only gives the output size)."""
         cfg = cfg or self.config
         classes = _check_classes(classes)
         if elbo_classes is None:
@@ -165,48 +281,81 @@ class Aligner:
             raise ValueError("an ELBO phrase is empty")
         if len(elbo_classes) != len(classes):
             raise ValueError(f"elbo_classes must pair with classes one to one: {len(elbo_classes)} vs {len(classes)}")
-        ad = self.adapter
+        ad = self.adapter.configured(cfg.flow_shift)
         if caption is None:
             caption = default_caption(classes, cfg.caption_template, cfg.caption_item)
-        positions = [[p + ad.token_offset for p in token_positions(ad.tokenizer, caption, c)] for c in classes]
-        x0, image_hw = self.encode(image, cfg)
+        positions = [[p + ad.token_offset for p in token_positions(ad.tokenizer, caption, c, cfg.token_occurrence)]
+                     for c in classes]
+        x0, image_hw = self.encode(image, cfg, latent)
         t_att = torch.as_tensor(attention_timesteps(cfg.attention_steps, cfg.attention_t_max), dtype=torch.float64)
-        cross_maps, self_sum = [], None
-        for store in self.attention_passes(x0, caption, t_att, seed, cfg, self_attn=cfg.self_attention):
-            out_hw = store.layer_hw(max(store.self_sums)) if cfg.self_attention and store.self_sums else None
+        t_elbo_np = elbo_timesteps(cfg.elbo_steps, cfg.elbo_strategy, seed)
+        noise = noise or Noise.draw(x0.shape[1:], len(t_att), len(t_elbo_np), seed, cfg.noise)
+        noise = noise.checked(tuple(x0.shape[1:]), len(t_att), len(t_elbo_np), ad.device)
+
+        self_t = cfg.self_attention_t_max or cfg.attention_t_max
+        self_rows = t_att <= self_t + 1e-9  # the attention timesteps the self-attention averages over
+        two_hop = cfg.self_attention and cfg.self_rule == "two_hop"
+        cross_maps, self_sums, seg_counts, seg_hw, start = [], {}, {}, {}, 0
+        for store in self.attention_passes(x0, caption, t_att, seed, cfg, noise=noise.attention, ad=ad,
+                                           self_attn=cfg.self_attention, segments=two_hop):
+            rows = self_rows[start:start + store.batch]
+            start += len(rows)
+            if two_hop:
+                sums = store.segment_sums
+                seg_counts = dict(store.segment_counts)
+                seg_hw = {k: store.layer_hw(v.shape[-1]) for k, v in sums.items()}
+            elif cfg.self_attention:
+                sums = {0: store.self_attention()}
+            else:
+                sums = {}
+            for k, v in sums.items():
+                v = v[rows].double().sum(0)
+                self_sums[k] = v if k not in self_sums else self_sums[k] + v
+            out_hw = seg_hw[0] if two_hop else (store.layer_hw(max(store.self_sums)) if sums else None)
             tok = aggregate_cross(store, cfg.layer_weights, out_hw)  # (b, T_tokens, h, w)
             cross_maps.append(torch.stack([tok[:, p].mean(1) for p in positions], 1))  # (b, N, h, w)
-            if cfg.self_attention:
-                sa = store.self_attention().double().sum(0)
-                self_sum = sa if self_sum is None else self_sum + sa
         cross = torch.cat(cross_maps).float().cpu()
-        self_attn = None if self_sum is None else (self_sum / len(t_att)).float().cpu()
+        n_self = int(self_rows.sum())
+        self_attn = None
+        if two_hop:
+            avg = {k: v / n_self for k, v in self_sums.items()}
+            self_attn = two_hop_self_attention(avg, seg_counts, seg_hw, seg_hw[0], cfg.self_weight).float().cpu()
+        elif cfg.self_attention:
+            self_attn = (self_sums[0] / n_self).float().cpu()
 
         if not elbo:
             return Measurement(classes, caption, np.zeros(0), torch.zeros(len(classes), 0), t_att.numpy(), cross,
                                self_attn, image_hw)
         # per-class ELBO with shared noise (Alg. 1 line 3, Eq. 4)
-        t_elbo_np = elbo_timesteps(cfg.elbo_steps, cfg.elbo_strategy, seed)
         t_elbo = torch.as_tensor(t_elbo_np, dtype=torch.float64)
-        eps = shared_noise(x0.shape[1:], len(t_elbo), seed, ad.device, torch.float32)
         cond_cls = ad.encode_text([cfg.elbo_template.format(c) for c in elbo_classes])
-        losses = class_losses(ad, x0, cond_cls, t_elbo, eps, cfg.weighting, cfg.batch_size, progress)
+        losses = class_losses(ad, x0, cond_cls, t_elbo, noise.elbo, cfg.weighting, cfg.batch_size, progress)
         return Measurement(classes, caption, t_elbo_np, losses.cpu(), t_att.numpy(), cross, self_attn, image_hw)
 
-
-    def encode(self, image, cfg: AlignConfig) -> tuple[torch.Tensor, tuple[int, int]]:
-        """Alg. 1 line 1: image -> latent x0 (1, C, h, w), and the input size (H, W)."""
+    def encode(self, image, cfg: AlignConfig, latent: torch.Tensor | None = None) -> tuple[torch.Tensor, tuple[int, int]]:
+        """Alg. 1 line 1: image -> latent x0 (1, C, h, w), and the input size (H, W); a given ``latent``
+        is checked and used as it is."""
         pil = to_pil_rgb(image)
-        x0 = self.adapter.encode_image(self.adapter.preprocess(pil, cfg.resolution))
+        if latent is None:
+            x0 = self.adapter.encode_image(self.adapter.preprocess(pil, cfg.resolution, cfg.resize))
+        else:
+            if not isinstance(latent, torch.Tensor) or latent.ndim != 4 or latent.shape[0] != 1:
+                raise ValueError(f"latent must be a (1, C, h, w) tensor, got {getattr(latent, 'shape', type(latent))}")
+            if not latent.is_floating_point():
+                raise ValueError(f"latent must be a floating-point tensor, got {latent.dtype}")
+            x0 = latent.to(self.adapter.device, self.adapter.dtype)
         return check_finite(x0, "image latent"), (pil.size[1], pil.size[0])
 
     def attention_passes(self, x0: torch.Tensor, caption: str, t_att: torch.Tensor, seed: int, cfg: AlignConfig,
-                         **capture_kw):
+                         noise: torch.Tensor | None = None, ad=None, **capture_kw):
         """Alg. 1 line 2: noise x0 at each attention time (Eq. 2) and run the denoiser with the caption
-        under :func:`capture_attention`; yields one store per batch of timesteps."""
-        ad = self.adapter
+        under :func:`capture_attention`; yields one store per batch of timesteps. ``noise`` (T_a, C, h, w)
+        defaults to the attention part of :meth:`Noise.draw` for ``seed`` and ``cfg.noise``."""
+        ad = ad or self.adapter.configured(cfg.flow_shift)
         latent_hw = (x0.shape[-2] // ad.patch_size, x0.shape[-1] // ad.patch_size)
-        eps_att = shared_noise(x0.shape[1:], len(t_att), seed + 7919, ad.device, torch.float32)
+        if noise is None:
+            noise = Noise.draw(x0.shape[1:], len(t_att), 0, seed, cfg.noise).attention
+        eps_att = noise.to(ad.device, torch.float32)
         a, s = ad.alpha_sigma(t_att)
         view = (-1,) + (1,) * (x0.ndim - 1)
         z_att = a.view(view) * x0.float() + s.view(view) * eps_att
@@ -217,8 +366,8 @@ class Aligner:
             with capture_attention(ad.denoiser, latent_hw, joint=ad.joint_attention, **capture_kw) as store:
                 out = ad.predict(z_att[sl].to(ad.dtype), t_att[sl], cond_cap.index(torch.zeros(nb, dtype=torch.long)))
             check_finite(out, "denoiser output")
+            store.batch = nb
             yield store
-
 
 def _check_classes(classes) -> list[str]:
     if isinstance(classes, str):

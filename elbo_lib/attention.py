@@ -39,16 +39,24 @@ class AttentionStore:
     """
 
     latent_hw: tuple[int, int]
+    batch: int = 0                 # timesteps in the pass (set by the caller)
     cross: dict[str, torch.Tensor] = field(default_factory=dict)
     self_sums: dict[int, torch.Tensor] = field(default_factory=dict)
     self_counts: dict[int, int] = field(default_factory=dict)
     all_resolutions: bool = False  # keep self-attention of every resolution (DiffSeg), not just the finest
+    segments: bool = False         # keep self-attention per resolution segment (the authors' two-hop rule)
     keep_queries: bool = False     # keep cross-attention queries and modules (OVAM)
     queries: dict[str, torch.Tensor] = field(default_factory=dict)
     modules: dict[str, object] = field(default_factory=dict)
+    segment_of: dict[str, int] = field(default_factory=dict)
+    segment_sums: dict[int, torch.Tensor] = field(default_factory=dict)
+    segment_counts: dict[int, int] = field(default_factory=dict)
 
-    def add_self(self, probs_bqk: torch.Tensor) -> None:
+    def add_self(self, probs_bqk: torch.Tensor, name: str = "") -> None:
         n = probs_bqk.shape[-1]
+        if self.segments:
+            self._add_segment(probs_bqk, name)
+            return
         if self.all_resolutions:
             self.self_sums[n] = probs_bqk if n not in self.self_sums else self.self_sums[n] + probs_bqk
             self.self_counts[n] = self.self_counts.get(n, 0) + 1
@@ -59,6 +67,22 @@ class AttentionStore:
             self.self_sums.clear(); self.self_counts.clear()
         self.self_sums[n] = probs_bqk if n not in self.self_sums else self.self_sums[n] + probs_bqk
         self.self_counts[n] = self.self_counts.get(n, 0) + 1
+
+    def _add_segment(self, probs_bqk: torch.Tensor, name: str) -> None:
+        """Sum a layer's map into its resolution segment: layers in forward order, a new segment
+        each time the query count changes (SD 1.5: 64-32-16-8-16-32-64 -> segments 0..6)."""
+        if name not in self.segment_of:
+            last = next(reversed(self.segment_of), None)
+            if last is None:
+                seg = 0
+            else:
+                seg = self.segment_of[last]
+                if self.segment_sums[seg].shape[-1] != probs_bqk.shape[-1]:
+                    seg += 1
+            self.segment_of[name] = seg
+        seg = self.segment_of[name]
+        self.segment_sums[seg] = probs_bqk if seg not in self.segment_sums else self.segment_sums[seg] + probs_bqk
+        self.segment_counts[seg] = self.segment_counts.get(seg, 0) + 1
 
     def layer_hw(self, n_tokens: int) -> tuple[int, int]:
         """Spatial size of a layer with n_tokens queries (same aspect ratio as the latent)."""
@@ -122,7 +146,7 @@ class CaptureProcessor:
             if self.store.keep_queries:
                 self.store.queries[self.name], self.store.modules[self.name] = query.detach(), attn
         elif not is_cross and self.self_attn:
-            self.store.add_self(probs.mean(dim=1))
+            self.store.add_self(probs.mean(dim=1), self.name)
         hidden_states = out.transpose(1, 2).reshape(batch_size, -1, attn.heads * head_dim).to(query.dtype)
         hidden_states = attn.to_out[0](hidden_states)
         hidden_states = attn.to_out[1](hidden_states)
@@ -166,7 +190,7 @@ class JointCaptureProcessor:
         if encoder_hidden_states is not None and self.cross:
             self.store.cross[self.name] = probs[:, :, :n_img, n_img:].mean(dim=1)
         if self.self_attn:
-            self.store.add_self(probs[:, :, :n_img, :n_img].mean(dim=1))
+            self.store.add_self(probs[:, :, :n_img, :n_img].mean(dim=1), self.name)
         hidden_states = out.transpose(1, 2).reshape(batch_size, -1, attn.heads * head_dim).to(query.dtype)
         if encoder_hidden_states is not None:
             hidden_states, encoder_hidden_states = hidden_states[:, : residual.shape[1]], hidden_states[:, residual.shape[1]:]
@@ -192,15 +216,17 @@ def is_self_attention_layer(name: str, joint: bool) -> bool:
 def capture_attention(denoiser: torch.nn.Module, latent_hw: tuple[int, int], *, joint: bool = False,
                       cross: bool = True, self_attn: bool = True,
                       layer_filter: Callable[[str], bool] | None = None, all_resolutions: bool = False,
-                      keep_queries: bool = False) -> Iterator[AttentionStore]:
+                      segments: bool = False, keep_queries: bool = False) -> Iterator[AttentionStore]:
     """Install capture processors on ``denoiser`` for one or more forward passes; restore on exit.
 
     ``latent_hw`` is the denoiser's token grid at the finest resolution (latent size / patch size).
-    ``all_resolutions`` keeps self-attention of every resolution; ``keep_queries`` keeps the
+    ``all_resolutions`` keeps self-attention of every resolution; ``segments`` keeps it per resolution
+    segment in forward order (for :func:`two_hop_self_attention`); ``keep_queries`` keeps the
     cross-attention queries (for attribution prompts, OVAM).
     """
     original = dict(denoiser.attn_processors)
-    store = AttentionStore(latent_hw=tuple(latent_hw), all_resolutions=all_resolutions, keep_queries=keep_queries)
+    store = AttentionStore(latent_hw=tuple(latent_hw), all_resolutions=all_resolutions, segments=segments,
+                           keep_queries=keep_queries)
     cls = JointCaptureProcessor if joint else CaptureProcessor
     new = {}
     for name, proc in original.items():
@@ -234,11 +260,36 @@ def layer_level(name: str) -> str:
 
 
 LayerWeights = str | dict[str, float] | Callable[[str, int], float]
+LAYER_WEIGHTS = ("gaussian", "levels", "uniform")
+GAUSSIAN_STD = 3.0  # the authors' cross_gaussian_var (used as a standard deviation)
 
 
-def paper_level_weight(level: str, levels: list[str]) -> float:
-    """The authors' per-level weights [1, 1, 10, 15, 10, 1, 1] (down -> mid -> up), generalised to
-    any depth: 15 at the middle level, 10 next to it, 1 elsewhere."""
+def gaussian_layer_weights(names: list[str], std: float = GAUSSIAN_STD) -> list[float]:
+    """The authors' cross-attention layer weights (``cross_gaussian_var = 3``): a Gaussian over the layer
+    index in forward order, centred on the middle block's layers, normalised to sum to the layer count.
+
+    The centre is ``n_down + (n_mid - 1) / 2`` (0-based), with ``n_down`` / ``n_mid`` the cross-attention
+    layers in the down / mid blocks: SD 1.5 (16 layers: 6 down, 1 mid, 9 up) -> 6, the mid layer;
+    the toy UNet (7 layers at 16, 8 | 4 | 8, 8, 16, 16) -> 2, its mid layer. An MMDiT has no blocks,
+    so the centre is the middle layer, ``(L - 1) / 2``."""
+    if std <= 0:
+        raise ValueError(f"the Gaussian layer weights need a standard deviation > 0, got {std}")
+    n = len(names)
+    if any(nm.startswith(("down_blocks", "mid_block", "up_blocks")) for nm in names):
+        n_down = sum(nm.startswith("down_blocks") for nm in names)
+        n_mid = sum(nm.startswith("mid_block") for nm in names)
+        centre = n_down + (n_mid - 1) / 2
+    else:
+        centre = (n - 1) / 2
+    x = torch.arange(n, dtype=torch.float64) - centre
+    w = torch.exp(-(x ** 2) / (2 * std ** 2))
+    return (w / w.sum() * n).tolist()
+
+
+def level_weight(level: str, levels: list[str]) -> float:
+    """The yaml's per-resolution list [1, 1, 10, 15, 10, 1, 1] (down -> mid -> up) read per U-Net level
+    and generalised to any depth: 15 at the middle level, 10 next to it, 1 elsewhere. The authors use
+    their list only when ``cross_gaussian_var = 0``; this is the project's ``"levels"`` option."""
     mid = len(levels) // 2
     d = abs(levels.index(level) - mid)
     return 15.0 if d == 0 else 10.0 if d == 1 else 1.0
@@ -259,32 +310,37 @@ def ordered_levels(names: list[str]) -> list[str]:
     return sorted(dict.fromkeys(layer_level(n) for n in names), key=key)
 
 
-def layer_weight(name: str, names: list[str], n_tokens: int, weights: LayerWeights) -> float:
+def layer_weights_for(names: list[str], n_tokens: list[int], weights: LayerWeights,
+                      std: float = GAUSSIAN_STD) -> list[float]:
+    """One weight per captured cross-attention layer (``names`` in forward order)."""
     if callable(weights):
-        return float(weights(name, n_tokens))
-    level = layer_level(name)
+        return [float(weights(nm, n)) for nm, n in zip(names, n_tokens)]
     if isinstance(weights, dict):
-        return float(weights.get(level, weights.get(name, 0.0)))
+        return [float(weights.get(layer_level(nm), weights.get(nm, 0.0))) for nm in names]
+    if weights == "gaussian":
+        return gaussian_layer_weights(names, std)
     if weights == "uniform":
-        return 1.0
-    if weights == "paper":
-        return paper_level_weight(level, ordered_levels(names))
-    raise ValueError(f"layer weights must be 'uniform', 'paper', a dict {{level or layer name: weight}} "
+        return [1.0] * len(names)
+    if weights == "levels":
+        levels = ordered_levels(names)
+        return [level_weight(layer_level(nm), levels) for nm in names]
+    raise ValueError(f"layer weights must be one of {LAYER_WEIGHTS}, a dict {{level or layer name: weight}} "
                      f"or a callable(name, n_tokens); got {weights!r}")
 
 
 def aggregate_cross(store: AttentionStore, weights: LayerWeights = "uniform",
-                    out_hw: tuple[int, int] | None = None) -> torch.Tensor:
-    """Cross-attention (B, T, h, w): each layer resized to ``out_hw`` (default: the finest captured
-    layer) and averaged over layers with per-level weights."""
+                    out_hw: tuple[int, int] | None = None, std: float = GAUSSIAN_STD) -> torch.Tensor:
+    """Cross-attention (B, T, h, w): each layer bilinearly resized to ``out_hw`` (default: the finest
+    captured layer, which is the first one in every supported layout, as the authors take) and
+    averaged over layers with :func:`layer_weights_for`."""
     if not store.cross:
         raise ValueError("no cross-attention was captured")
     names = list(store.cross)
     if out_hw is None:
         out_hw = store.layer_hw(max(p.shape[1] for p in store.cross.values()))
+    ws = layer_weights_for(names, [p.shape[1] for p in store.cross.values()], weights, std)
     total, wsum = None, 0.0
-    for name, p_bqt in store.cross.items():
-        w = layer_weight(name, names, p_bqt.shape[1], weights)
+    for (name, p_bqt), w in zip(store.cross.items(), ws):
         if w == 0:
             continue
         hl, wl = store.layer_hw(p_bqt.shape[1])
@@ -296,3 +352,52 @@ def aggregate_cross(store: AttentionStore, weights: LayerWeights = "uniform",
     if total is None:
         raise ValueError(f"every captured layer got weight 0 under {weights!r}; levels: {ordered_levels(names)}")
     return total / wsum
+
+
+def upsample_self_attention(att_qk: torch.Tensor, layer_hw: tuple[int, int], out_hw: tuple[int, int]) -> torch.Tensor:
+    """A layer's (h*w, h*w) self-attention at the finest resolution (H*W, H*W), as the authors (after
+    DiffSeg) do it: keys resized bilinearly, queries repeated (``repeat_interleave``)."""
+    (h, w), (H, W) = layer_hw, out_hw
+    if (h, w) == (H, W):
+        return att_qk
+    if H % h or W % w:
+        raise ValueError(f"self-attention at {h}x{w} cannot be repeated onto {H}x{W}: the sizes must divide")
+    a = F.interpolate(att_qk.reshape(h, w, h, w), size=(H, W), mode="bilinear", align_corners=False)
+    a = a.repeat_interleave(H // h, dim=0).repeat_interleave(W // w, dim=1)
+    return a.reshape(H * W, H * W)
+
+
+def default_self_weight(n_segments: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The authors' ``self_weight = [[1,0,0,0,0,0,1],[0,0,0,0,0,0,1]]`` for SD 1.5's seven resolution
+    segments, generalised to any count: hop A = first and last segment, hop B = last segment (the toy
+    UNet's 16-8-4-8-16 -> [[1,0,0,0,1],[0,0,0,0,1]]; one segment, as in an MMDiT -> [[1],[1]])."""
+    a = [0.0] * n_segments
+    b = [0.0] * n_segments
+    a[0] = a[-1] = b[-1] = 1.0
+    return tuple(a), tuple(b)
+
+
+def two_hop_self_attention(segment_sums: dict[int, torch.Tensor], segment_counts: dict[int, int],
+                           layer_hw: dict[int, tuple[int, int]], out_hw: tuple[int, int],
+                           self_weight=None) -> torch.Tensor:
+    """The authors' ``aggregate_self_att``: per hop i, the average of every layer's upsampled map weighted
+    by its segment's ``self_weight[i]``; the result is ``avg_last @ ... @ avg_1 @ avg_0`` (rows = queries).
+
+    ``segment_sums[s]``: (h*w, h*w) sum of segment s's layers (already averaged over timesteps);
+    ``segment_counts[s]``: how many layers it holds."""
+    segs = sorted(segment_sums)
+    if segs != list(range(len(segs))):
+        raise ValueError(f"self-attention segments must be 0..n-1, got {segs}")
+    weights = default_self_weight(len(segs)) if self_weight is None else tuple(tuple(map(float, w)) for w in self_weight)
+    if not weights or any(len(w) != len(segs) for w in weights):
+        raise ValueError(f"self_weight needs one list of {len(segs)} segment weights per hop, got {self_weight!r}")
+    up = {s: upsample_self_attention(segment_sums[s].double(), layer_hw[s], out_hw) for s in segs
+          if any(w[s] for w in weights)}
+    result = None
+    for w in weights:
+        den = sum(w[s] * segment_counts[s] for s in segs)
+        if den == 0:
+            raise ValueError(f"a self_weight hop gives every captured segment weight 0: {w}")
+        avg = sum(w[s] * up[s] for s in up if w[s]) / den
+        result = avg if result is None else avg @ result
+    return result

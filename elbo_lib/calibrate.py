@@ -35,26 +35,38 @@ def fixed_scores(n: int, s: float) -> torch.Tensor:
 
 
 def calibrate_maps(maps_nhw: torch.Tensor, scores_n: torch.Tensor) -> torch.Tensor:
-    """Alg. 1 lines 6-7: min-max normalise each class map, then take its S_i-th root: A <- A ** (1 / S_i)."""
-    norm = minmax(maps_nhw.double(), dim=tuple(range(1, maps_nhw.ndim)))
-    exps = (1.0 / scores_n.double()).view(-1, *[1] * (maps_nhw.ndim - 1))
+    """Alg. 1 lines 6-7: min-max normalise each class map, then take its S_i-th root: A <- A ** (1 / S_i).
+    Computed in the maps' dtype (float32 as the authors do: see :func:`refine_with_self_attention`)."""
+    norm = minmax(maps_nhw, dim=tuple(range(1, maps_nhw.ndim)))
+    exps = (1.0 / scores_n.double()).to(maps_nhw.dtype).view(-1, *[1] * (maps_nhw.ndim - 1))
     return norm ** exps
 
 
 def refine_with_self_attention(maps_nhw: torch.Tensor, self_attn_qk: torch.Tensor) -> torch.Tensor:
-    """Alg. 1 line 8: heatmap <- SelfAttn @ map at the self-attention's resolution (rows = queries)."""
+    """Alg. 1 line 8: heatmap <- SelfAttn @ map at the self-attention's resolution (rows = queries), in the
+    maps' dtype. The refined maps can be nearly flat (a range of 1e-4 of their mean on random weights),
+    so the precision of this step shows after the final min-max: float32, as the authors compute it,
+    is what reproduces their heatmaps."""
     n, h, w = maps_nhw.shape
     if self_attn_qk.shape != (h * w, h * w):
         raise ValueError(f"self-attention {tuple(self_attn_qk.shape)} does not match maps of {h}x{w}; "
                          "aggregate the cross-attention at the self-attention's resolution")
-    return (maps_nhw.reshape(n, h * w).double() @ self_attn_qk.double().T).reshape(n, h, w)
+    sa = self_attn_qk.to(maps_nhw.dtype)
+    # one matrix-vector product per class, as theirs: a batched product sums in another order
+    return torch.stack([(sa @ m.reshape(h * w, 1)).reshape(h, w) for m in maps_nhw])
 
 
 def upsample(maps_nhw: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Bilinear resize of (N, h, w) maps to size (H, W)."""
     if tuple(maps_nhw.shape[-2:]) == tuple(size):
         return maps_nhw
-    return F.interpolate(maps_nhw[None].float(), size=size, mode="bilinear", align_corners=False)[0].to(maps_nhw.dtype)
+    return F.interpolate(maps_nhw[None], size=size, mode="bilinear", align_corners=False)[0]
+
+
+def renormalize(heatmaps_nhw: torch.Tensor) -> torch.Tensor:
+    """The authors' last step: each class heatmap min-max normalised again after refinement and resize
+    (``run_segmentation.py``, before ``* 255``), so every class map spans [0, 1] before thresholding."""
+    return minmax(heatmaps_nhw, dim=tuple(range(1, heatmaps_nhw.ndim)))
 
 
 def class_probabilities(heatmaps_nhw: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:

@@ -19,11 +19,13 @@ flow         u = eps - x0          alpha (u - u_hat)      alpha_t^2 = (1 - t)^2
 ===========  ===================  =====================  ===========================
 
 ``weighting``:
-- ``"eps"`` (default): w(t) above, so every objective is compared in the same epsilon-space
-  error, with equal weight per sampled timestep. For epsilon-prediction models this is exactly
-  the authors' loss; for the others it is the Table I un-weighting.
-- ``"native"``: the plain per-timestep MSE in the model's own parameterisation, as the authors'
-  public code computes it for every model.
+- ``"authors"`` (default, the official configuration): what the authors' code computes. For
+  DDPM-type models (epsilon, v, sample) it converts the prediction to epsilon and takes
+  ``mse(eps, eps_hat)``, which is ``"eps"`` below; for flow matching (SD 3) it takes the plain
+  velocity MSE ``mse(eps - x0, u_hat)``, which is ``"native"``.
+- ``"eps"``: w(t) above, so every objective is compared in the same epsilon-space error, with
+  equal weight per sampled timestep (for SD 3 this multiplies the velocity MSE by (1 - sigma)^2).
+- ``"native"``: the plain per-timestep MSE in the model's own parameterisation.
 - ``"vlb"``: the eps-space error times -d lambda / dt with lambda = log(alpha^2 / sigma^2), the
   continuous-time variational bound of Kingma et al. (2021); high variance near t = 0.
 """
@@ -39,7 +41,7 @@ from tqdm.auto import tqdm
 from .models.base import PipelineAdapter, TextCondition
 
 STRATEGIES = {"even": (0.0, 1.0), "random": (0.0, 1.0), "small": (0.0, 0.2), "middle": (0.4, 0.6), "large": (0.7, 0.9)}
-WEIGHTINGS = ("eps", "native", "vlb")
+WEIGHTINGS = ("authors", "eps", "native", "vlb")
 
 
 def elbo_timesteps(n: int, strategy: str = "even", seed: int = 0, num_train_timesteps: int = 1000) -> np.ndarray:
@@ -69,10 +71,12 @@ def attention_timesteps(n: int = 10, t_max: float = 0.2) -> np.ndarray:
     return t_max * (np.arange(n) + 1) / n
 
 
-def objective_weight(adapter: PipelineAdapter, t: torch.Tensor, weighting: str = "eps") -> torch.Tensor:
+def objective_weight(adapter: PipelineAdapter, t: torch.Tensor, weighting: str = "authors") -> torch.Tensor:
     """Eq. 6 / Table I: w(t) multiplying the native MSE (see module docstring)."""
     if weighting not in WEIGHTINGS:
         raise ValueError(f"unknown ELBO weighting {weighting!r}; choose from {WEIGHTINGS}")
+    if weighting == "authors":
+        weighting = "native" if adapter.objective == "flow" else "eps"
     if weighting == "native":
         return torch.ones_like(t, dtype=torch.float32, device=adapter.device)
     alpha_t, sigma_t = adapter.alpha_sigma(t)
@@ -88,7 +92,7 @@ def _minus_dlambda_dt(adapter: PipelineAdapter, t: torch.Tensor, h: float = 1e-3
     def lam(tt):
         a, s = adapter.alpha_sigma(tt)
         return torch.log(a**2 / s**2)
-    if adapter.objective == "flow":  # lambda = 2 log((1 - t) / t) exactly
+    if adapter.objective == "flow" and not adapter.flow_shift:  # sigma = t: lambda = 2 log((1 - t) / t) exactly
         tt = t.to(adapter.device, torch.float32).clamp(1e-3, 1 - 1e-3)
         return 2.0 / (tt * (1 - tt))
     lo, hi = (t - h).clamp(min=0.0), (t + h).clamp(max=1.0 - 1.0 / 1000)
@@ -114,7 +118,7 @@ def check_finite(x: torch.Tensor, what: str) -> torch.Tensor:
 
 @torch.no_grad()
 def class_losses(adapter: PipelineAdapter, x0: torch.Tensor, cond: TextCondition, t: torch.Tensor,
-                 eps: torch.Tensor, weighting: str = "eps", batch_size: int = 64,
+                 eps: torch.Tensor, weighting: str = "authors", batch_size: int = 64,
                  progress: bool = False) -> torch.Tensor:
     """Eq. 4: losses (N, T) for N prompts x T timesteps, batched over all (class, timestep) pairs.
 
@@ -155,7 +159,7 @@ def class_losses(adapter: PipelineAdapter, x0: torch.Tensor, cond: TextCondition
 
 
 @torch.no_grad()
-def class_losses_loop(adapter: PipelineAdapter, x0, cond: TextCondition, t, eps, weighting: str = "eps") -> torch.Tensor:
+def class_losses_loop(adapter: PipelineAdapter, x0, cond: TextCondition, t, eps, weighting: str = "authors") -> torch.Tensor:
     """Reference implementation: one denoiser call per (class, timestep), as the authors' code."""
     N, T = len(cond), len(t)
     out = torch.empty(N, T)

@@ -6,13 +6,19 @@ def _ids(tokenizer, text: str, special: bool) -> list[int]:
     return list(tokenizer(text, add_special_tokens=special, truncation=False).input_ids)
 
 
-def token_positions(tokenizer, caption: str, phrase: str) -> list[int]:
-    """Positions of every occurrence of ``phrase``'s tokens inside ``caption``'s tokens (with BOS).
+OCCURRENCES = ("first", "all")
+
+
+def token_positions(tokenizer, caption: str, phrase: str, occurrence: str = "first") -> list[int]:
+    """Positions of ``phrase``'s tokens inside ``caption``'s tokens (with BOS): those of its first
+    occurrence (the authors' rule), or of every occurrence with ``occurrence="all"``.
 
     Matching is on token ids, so case and punctuation follow the tokenizer (CLIP lower-cases and
     splits punctuation). A phrase that does not occur, or occurs only past the tokenizer's
     maximum length, is a ValueError.
     """
+    if occurrence not in OCCURRENCES:
+        raise ValueError(f"token occurrence must be one of {OCCURRENCES}, got {occurrence!r}")
     if not phrase or not phrase.strip():
         raise ValueError("class phrase is empty")
     cap = _ids(tokenizer, caption, special=True)
@@ -25,6 +31,8 @@ def token_positions(tokenizer, caption: str, phrase: str) -> list[int]:
         raise ValueError(f"class {phrase!r} does not appear in the caption {caption!r}; every class must be "
                          "named in the caption (pass caption=None to build one from the classes)")
     limit = getattr(tokenizer, "model_max_length", None) or len(cap)
+    if occurrence == "first":
+        hits = hits[:1]
     positions = sorted({i + k for i in hits for k in range(n) if i + k < limit})
     if not positions:
         raise ValueError(f"class {phrase!r} occurs only past the {limit}-token limit of the text encoder "

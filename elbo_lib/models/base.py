@@ -7,6 +7,7 @@ PixArt, ...) is one new subclass registered with :func:`register`.
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -15,6 +16,7 @@ import torch
 from PIL import Image
 
 OBJECTIVES = ("epsilon", "v_prediction", "sample", "flow")
+RESIZES = ("vae-bilinear", "unet-bicubic")
 
 
 @dataclass
@@ -38,9 +40,18 @@ class PipelineAdapter:
     family: ClassVar[str] = "base"
     joint_attention: ClassVar[bool] = False  # MMDiT: image and text tokens in one attention
     patch_size: int = 1
+    flow_shift: bool = True  # flow matching: the scheduler's shifted sigma grid (see models.sd3)
 
     def __init__(self, pipe):
         self.pipe = pipe
+
+    def configured(self, flow_shift: bool) -> "PipelineAdapter":
+        """This adapter with the given noise-level rule (a shallow copy when it differs)."""
+        if flow_shift == self.flow_shift:
+            return self
+        out = copy.copy(self)
+        out.flow_shift = flow_shift
+        return out
 
     # ---- properties ---------------------------------------------------------------------------
     @property
@@ -71,19 +82,29 @@ class PipelineAdapter:
         return (s, s)
 
     @property
+    def vae_resolution(self) -> tuple[int, int]:
+        """The VAE's ``sample_size`` (H, W): where the authors resize every image before encoding it."""
+        s = self.pipe.vae.config.sample_size
+        return tuple(s) if isinstance(s, (list, tuple)) else (int(s), int(s))
+
+    @property
     def token_offset(self) -> int:
         """Index of the tokenizer's first token among the attention's text keys."""
         return 0
 
     # ---- images ---------------------------------------------------------------------------------
-    def preprocess(self, image, resolution: tuple[int, int] | None = None) -> torch.Tensor:
+    def preprocess(self, image, resolution: tuple[int, int] | None = None, resize: str = "vae-bilinear") -> torch.Tensor:
         """PIL / numpy (H, W[, C]) uint8 or float in [0, 1] / torch (C, H, W) -> (1, 3, H', W') in [-1, 1]
-        at the model's resolution (grey -> RGB, alpha dropped)."""
+        (grey -> RGB, alpha dropped). ``resize``: ``"vae-bilinear"`` (the authors': the image processor's
+        bilinear resize to the VAE's sample size) or ``"unet-bicubic"`` (bicubic to the denoiser's native
+        size); ``resolution`` overrides the size either way."""
+        if resize not in RESIZES:
+            raise ValueError(f"resize must be one of {RESIZES}, got {resize!r}")
         pil = to_pil_rgb(image)
-        h, w = resolution or self.resolution
+        h, w = resolution or (self.vae_resolution if resize == "vae-bilinear" else self.resolution)
         if pil.size != (w, h):
-            pil = pil.resize((w, h), Image.BICUBIC)
-        x = torch.from_numpy(np.asarray(pil, dtype=np.float32) / 127.5 - 1.0).permute(2, 0, 1)[None]
+            pil = pil.resize((w, h), Image.BILINEAR if resize == "vae-bilinear" else Image.BICUBIC)
+        x = torch.from_numpy(np.asarray(pil, dtype=np.float32) / 255.0 * 2.0 - 1.0).permute(2, 0, 1)[None]
         return x.to(self.device, self.vae_dtype)
 
     @property
