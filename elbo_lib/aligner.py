@@ -243,16 +243,16 @@ def finalize(m: Measurement, cfg: AlignConfig, elbo_idx=None, attention_idx=None
 
 
 class Aligner:
-    """ELBO-T2IAlign on any supported diffusers pipeline.
+    """ELBO-T2IAlign on any supported diffusers pipeline (``preset="official"``: the authors' algorithm).
 
     >>> aligner = Aligner(pipe)
     >>> res = aligner(image, classes=["red circle", "blue star"], seed=0)
     """
 
-    def __init__(self, pipe, config: AlignConfig | None = None, **overrides):
+    def __init__(self, pipe, config: AlignConfig | None = None, preset: str = "official", **overrides):
         self.adapter = adapter_for(pipe)
         if config is None:
-            config = AlignConfig(**{**model_hints(self.adapter.pipe), **overrides})
+            config = AlignConfig.preset(preset, **{**model_hints(self.adapter.pipe), **overrides})
         elif overrides:
             config = dataclasses.replace(config, **overrides)
         self.config = config

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .aligner import PRESETS
+
 
 def _segment(a) -> int:
     from PIL import Image
@@ -25,7 +27,7 @@ def _segment(a) -> int:
     image = Image.open(path).convert("RGB")
     pipe = load_pipeline(a.model, device=a.device)
     overrides = {"gamma": a.gamma} if a.gamma is not None else {}
-    aligner = Aligner(pipe, **overrides)
+    aligner = Aligner(pipe, preset=a.preset, **overrides)
     res = aligner(image, classes, caption=a.caption, seed=a.seed)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -61,6 +63,8 @@ def main(argv=None) -> int:
     s.add_argument("--out", required=True)
     s.add_argument("--threshold", type=float, default=0.4, help="background threshold in [0, 1]")
     s.add_argument("--gamma", type=float, default=None)
+    s.add_argument("--preset", default="official", choices=sorted(PRESETS),
+                   help="official: the authors' algorithm (default); project: the project's earlier choices")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--device", default=None)
     s.set_defaults(func=_segment)

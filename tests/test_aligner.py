@@ -149,3 +149,75 @@ def test_load_pipeline_roundtrip(pipes, tmp_path):
     a = Aligner(pipe, **FAST)(_img(), ["cat"], seed=0)
     b = Aligner(pipes["sd2v"], **FAST)(_img(), ["cat"], seed=0)
     np.testing.assert_allclose(a.elbo, b.elbo, rtol=1e-5)
+
+
+def test_presets_and_bad_options():
+    assert AlignConfig.official() == AlignConfig()
+    proj = AlignConfig.preset("project", gamma=0.5)
+    assert proj.self_rule == "finest" and proj.layer_weights == "levels" and proj.gamma == 0.5
+    with pytest.raises(ValueError, match="unknown preset 'paper'.*official"):
+        AlignConfig.preset("paper")
+    for bad, match in ((dict(self_rule="three_hop"), "self_rule"), (dict(noise="fresh"), "noise"),
+                       (dict(weighting="plain"), "weighting"), (dict(token_occurrence="last"), "token_occurrence"),
+                       (dict(resize="nearest"), "resize"), (dict(layer_weights="paper"), "layer_weights"),
+                       (dict(self_attention_t_max=0.5), "self_attention_t_max")):
+        with pytest.raises(ValueError, match=match):
+            AlignConfig(**bad)
+
+
+def test_measurement_key_separates_the_aggregations():
+    assert AlignConfig().measurement_key() != AlignConfig.preset("project").measurement_key()
+    assert AlignConfig().measurement_key()["version"] >= 2
+
+
+def test_noise_and_latent_inputs(pipes):
+    from elbo_lib.aligner import Noise
+    al = Aligner(pipes["sd1"], **FAST)
+    x0, _ = al.encode(_img(), al.config)
+    shape = tuple(x0.shape[1:])
+    noise = Noise.draw(shape, 2, 3, seed=11)
+    m1 = al.measure(_img(), ["red circle", "cat"], seed=11)
+    m2 = al.measure(_img(), ["red circle", "cat"], seed=0, noise=noise, latent=x0)
+    torch.testing.assert_close(m1.elbo, m2.elbo)  # same noise and latent as seed 11 draws
+    torch.testing.assert_close(m1.cross, m2.cross)
+    g = torch.Generator().manual_seed(11)  # "stream": attention noise first, then the ELBO's
+    assert torch.equal(noise.attention, torch.randn((2, *shape), generator=g))
+    assert torch.equal(noise.elbo, torch.randn((3, *shape), generator=g))
+    bad = [(Noise(noise.attention[:1], noise.elbo), "attention noise has shape"),
+           (Noise(noise.attention, noise.elbo[..., :-1]), "elbo noise has shape"),
+           (Noise(noise.attention.double(), noise.elbo), "float32"),
+           (Noise(noise.attention, noise.elbo.to(torch.float16)), "float32"),
+           (Noise(noise.attention.to("meta"), noise.elbo), "device"),
+           (Noise(noise.attention.numpy(), noise.elbo), "torch.Tensor")]
+    for n, match in bad:
+        with pytest.raises(ValueError, match=match):
+            al.measure(_img(), ["red circle", "cat"], noise=n)
+    with pytest.raises(ValueError, match="latent must be a"):
+        al.measure(_img(), ["red circle", "cat"], latent=x0[0])
+    with pytest.raises(ValueError, match="floating-point"):
+        al.measure(_img(), ["red circle", "cat"], latent=x0.long())
+    with pytest.raises(ValueError, match="noise rule"):
+        Noise.draw(shape, 2, 3, rule="fresh")
+
+
+def test_renormalized_heatmaps_span_unit_range(pipes):
+    res = Aligner(pipes["sd1"], **FAST)(_img(), ["red circle", "cat"], seed=0)
+    assert np.allclose(res.heatmaps.reshape(2, -1).max(1), 1) and np.allclose(res.heatmaps.reshape(2, -1).min(1), 0)
+    off = Aligner(pipes["sd1"], **FAST, renormalize=False)(_img(), ["red circle", "cat"], seed=0)
+    assert off.heatmaps.max() <= 1
+
+
+def test_sd3_noise_levels_follow_the_shifted_scheduler(pipes):
+    """flow_shift=True: t names the integer timestep and sigma is the scheduler's shifted sigma there."""
+    from elbo_lib.models import adapter_for
+    ad = adapter_for(pipes["sd3"])
+    shift = pipes["sd3"].scheduler.config.shift
+    t = torch.tensor([0.001, 0.2, 0.951], dtype=torch.float64)
+    k1 = (torch.round(t * 1000) + 1) / 1000
+    want = shift * k1 / (1 + (shift - 1) * k1)
+    a, s = ad.alpha_sigma(t)
+    torch.testing.assert_close(s.double(), want, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(ad.model_timestep(t).double(), want * 1000, rtol=1e-6, atol=1e-4)
+    lin = ad.configured(False)
+    torch.testing.assert_close(lin.alpha_sigma(t)[1].double(), t, rtol=1e-6, atol=1e-7)
+    assert ad.flow_shift  # configured() copies; the original keeps its rule

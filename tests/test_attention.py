@@ -1,7 +1,11 @@
+import math
+
+import pytest
 import torch
 
 from elbo_lib.attention import (AttentionStore, CaptureProcessor, JointCaptureProcessor, aggregate_cross,
-                                capture_attention, layer_level, ordered_levels, paper_level_weight)
+                                capture_attention, default_self_weight, gaussian_layer_weights, layer_level,
+                                level_weight, ordered_levels, two_hop_self_attention)
 from elbo_lib.models import adapter_for
 
 
@@ -69,16 +73,16 @@ def test_aggregate_weights_and_resize():
     torch.testing.assert_close(uni, torch.full_like(uni, 0.5))
     only_mid = aggregate_cross(store, {"mid": 1.0})
     torch.testing.assert_close(only_mid, torch.zeros_like(only_mid))
-    paper = aggregate_cross(store, "paper")  # two levels: down0 next to mid -> 10, mid -> 15
-    torch.testing.assert_close(paper, torch.full_like(paper, 10 / 25))
+    levels = aggregate_cross(store, "levels")  # two levels: down0 next to mid -> 10, mid -> 15
+    torch.testing.assert_close(levels, torch.full_like(levels, 10 / 25))
 
 
-def test_levels_and_paper_weights():
+def test_levels_weights():
     names = ["down_blocks.0.a", "down_blocks.1.a", "down_blocks.2.a", "mid_block.a", "up_blocks.1.a", "up_blocks.2.a",
              "up_blocks.3.a"]
     levels = ordered_levels(names)
     assert levels == ["down0", "down1", "down2", "mid", "up1", "up2", "up3"]
-    assert [paper_level_weight(lv, levels) for lv in levels] == [1, 1, 10, 15, 10, 1, 1]
+    assert [level_weight(lv, levels) for lv in levels] == [1, 1, 10, 15, 10, 1, 1]
     assert layer_level("transformer_blocks.3.attn.processor") == "block3"
 
 
@@ -91,3 +95,47 @@ def test_layer_hw_non_square_and_bad():
     with pytest.raises(ValueError, match="layer weights"):
         store.cross["x"] = torch.ones(1, 128, 2)
         aggregate_cross(store, "bogus")
+
+
+def test_gaussian_weights_centre_and_sum():
+    """SD 1.5: 6 down, 1 mid, 9 up cross-attention layers -> centred on the mid layer (index 6); MMDiT ->
+    the middle layer; the weights sum to the layer count."""
+    sd15 = [f"down_blocks.{i // 2}.x" for i in range(6)] + ["mid_block.x"] + [f"up_blocks.{1 + i // 3}.x" for i in range(9)]
+    w = gaussian_layer_weights(sd15)
+    assert len(w) == 16 and abs(sum(w) - 16) < 1e-9
+    assert max(range(16), key=w.__getitem__) == 6 and abs(w[5] - w[7]) < 1e-12
+    ratio = math.exp(-1 / 18)  # one layer from the centre, std 3
+    assert abs(w[7] / w[6] - ratio) < 1e-12
+    mmdit = gaussian_layer_weights([f"transformer_blocks.{i}.attn" for i in range(4)])
+    assert abs(mmdit[1] - mmdit[2]) < 1e-12 and abs(mmdit[0] - mmdit[3]) < 1e-12 and mmdit[1] > mmdit[0]
+    with pytest.raises(ValueError, match="standard deviation"):
+        gaussian_layer_weights(sd15, 0)
+
+
+def test_two_hop_self_attention_matches_a_naive_loop():
+    """Per-segment sums -> (upsample, weight, average) per hop -> avg_B @ avg_A, against the rule written out
+    layer by layer (keys resized bilinearly, queries repeated)."""
+    g = torch.Generator().manual_seed(0)
+    layers = [(4, 4), (2, 2), (2, 2), (4, 4)]  # forward order: segments 0 (4x4), 1 (2x2, two layers), 2 (4x4)
+    maps = [torch.rand(h * w, h * w, generator=g, dtype=torch.float64).softmax(-1) for h, w in layers]
+    store = AttentionStore(latent_hw=(4, 4), segments=True)
+    for i, a in enumerate(maps):
+        store.add_self(a[None], f"layer{i}")
+    assert store.segment_of == {"layer0": 0, "layer1": 1, "layer2": 1, "layer3": 2}
+    sums = {k: v[0] for k, v in store.segment_sums.items()}
+    hw = {k: store.layer_hw(v.shape[-1]) for k, v in sums.items()}
+    got = two_hop_self_attention(sums, store.segment_counts, hw, (4, 4))
+
+    def up(a, r):
+        a = torch.nn.functional.interpolate(a.reshape(r, r, r, r), size=(4, 4), mode="bilinear", align_corners=False)
+        return a.repeat_interleave(4 // r, 0).repeat_interleave(4 // r, 1).reshape(16, 16)
+    ups = [up(a, h) for a, (h, _) in zip(maps, layers)]
+    seg = [0, 1, 1, 2]
+    hop_a = sum(u for u, s in zip(ups, seg) if s in (0, 2)) / 2
+    hop_b = sum(u for u, s in zip(ups, seg) if s == 2) / 1
+    torch.testing.assert_close(got, hop_b @ hop_a)
+    assert default_self_weight(7) == ((1, 0, 0, 0, 0, 0, 1), (0, 0, 0, 0, 0, 0, 1))
+    with pytest.raises(ValueError, match="segment weights"):
+        two_hop_self_attention(sums, store.segment_counts, hw, (4, 4), self_weight=[[1, 1]])
+    with pytest.raises(ValueError, match="weight 0"):
+        two_hop_self_attention(sums, store.segment_counts, hw, (4, 4), self_weight=[[1, 0, 0], [0, 0, 0]])

@@ -31,7 +31,7 @@ def test_gamma_one_and_single_class_and_equal_losses_are_identity():
 def test_root_calibration_math():
     maps = torch.tensor([[[0.0, 0.5], [1.0, 0.25]]])
     out = cal.calibrate_maps(maps, torch.tensor([0.5], dtype=torch.float64))  # A ** 2
-    torch.testing.assert_close(out, (maps.double()) ** 2)
+    torch.testing.assert_close(out, maps ** 2)  # in the maps' dtype
 
 
 def test_probs_and_masks():
@@ -46,10 +46,12 @@ def test_probs_and_masks():
 def test_refine_is_weighted_average():
     maps = torch.rand(2, 3, 3)
     eye = torch.eye(9)
-    torch.testing.assert_close(cal.refine_with_self_attention(maps, eye), maps.double())
+    torch.testing.assert_close(cal.refine_with_self_attention(maps, eye), maps)
     uniform = torch.full((9, 9), 1 / 9)
     out = cal.refine_with_self_attention(maps, uniform)
-    torch.testing.assert_close(out[0], torch.full((3, 3), maps[0].mean().item(), dtype=torch.float64))
+    torch.testing.assert_close(out[0], torch.full((3, 3), maps[0].mean().item()))
+    rows = torch.rand(9, 9).softmax(-1)  # rows are queries: out[q] = sum_k A[q, k] map[k]
+    torch.testing.assert_close(cal.refine_with_self_attention(maps, rows)[1].reshape(9), rows @ maps[1].reshape(9))
     with pytest.raises(ValueError, match="does not match"):
         cal.refine_with_self_attention(maps, torch.eye(4))
 
@@ -65,3 +67,10 @@ def test_bad_gamma_and_fixed(bad):
 def test_bad_threshold():
     with pytest.raises(ValueError, match="threshold"):
         cal.masks_from_heatmaps(torch.rand(2, 3, 3), 1.5)
+
+
+def test_renormalize_spans_unit_range_per_class():
+    h = torch.rand(3, 5, 6) * torch.tensor([0.1, 2.0, 0.5]).view(3, 1, 1) + 0.3
+    out = cal.renormalize(h)
+    assert torch.allclose(out.amin(dim=(1, 2)), torch.zeros(3)) and torch.allclose(out.amax(dim=(1, 2)), torch.ones(3))
+    assert torch.equal(cal.renormalize(torch.full((1, 2, 2), 0.7)), torch.zeros(1, 2, 2))

@@ -25,8 +25,11 @@ def test_multi_token_word(tok):
 
 def test_phrase_twice_case_punctuation(tok):
     cap = "A Red Circle, a cat, and a red circle!"
-    pos = token_positions(tok, cap, "red circle")
-    assert len(pos) == 4
+    pos = token_positions(tok, cap, "red circle")  # the first occurrence, as the authors take it
+    assert pos == [2, 3]
+    assert len(token_positions(tok, cap, "red circle", occurrence="all")) == 4
+    with pytest.raises(ValueError, match="occurrence"):
+        token_positions(tok, cap, "red circle", occurrence="last")
     assert token_positions(tok, cap, "Cat") == token_positions(tok, cap, "cat")
 
 
