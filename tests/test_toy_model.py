@@ -77,7 +77,13 @@ def test_toy_calibration_changes_maps_exactly_where_score_below_one(toy_image):
         if s == 1.0:
             np.testing.assert_array_equal(res.heatmaps[i], res.raw[i])
         else:
-            assert (res.heatmaps[i] <= res.raw[i] + 1e-12).all() and not np.allclose(res.heatmaps[i], res.raw[i])
+            assert not np.allclose(res.heatmaps[i], res.raw[i])
+    # the root lowers every value of a [0, 1] map; refinement and the final min-max re-stretch it, so
+    # the pointwise order holds on the calibrated cross-attention itself
+    plain = elbo_lib.Aligner(pipe, self_attention=False, renormalize=False)(
+        toy_image.image, ["red circle", "blue star"], caption="a red circle and a blue star")
+    for i, s in enumerate(plain.scores):
+        assert (plain.heatmaps[i] <= plain.raw[i] + 1e-6).all()
 
 
 @pytest.mark.parametrize("std,distinct", [(0.02, False), (ToyArchitecture().token_embedding_std, True)])
