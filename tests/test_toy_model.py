@@ -155,7 +155,7 @@ def test_toy_check_cli_writes_the_gate_numbers(tmp_path, capsys):
                      "--n-prompts", "2", "--guidance", "3.0", "--sample-steps", "3"])
     res = json.loads(out.read_text())
     assert set(res["gates"]) == {"generation_presence", "pointing_accuracy", "bias_smaller_falls",
-                                 "bias_occluded_falls", "bias_distractors_falls", "bias_rare_falls"}
+                                 "bias_occluded_falls", "bias_rare_falls"}
     assert rc == (0 if res["all_gates_pass"] else 1)
     assert res["settings"]["guidance"] == 3.0 and res["settings"]["sample_steps"] == 3
     assert 0 <= res["pointing_accuracy"] <= 1 and res["generation_presence"] in (0.0, 0.5, 1.0)
