@@ -15,7 +15,9 @@ from typing import Callable
 
 import pandas as pd
 
-REPO = Path(__file__).resolve().parents[1]
+from .paths import REPO_ROOT
+
+REPO = REPO_ROOT
 
 
 def _rows(df: pd.DataFrame, col: str, names: list[str], fmt: str = "{:.3f}") -> str:

@@ -12,7 +12,8 @@ from PIL import Image
 
 from elbo_lib import AlignConfig
 from elbo_lib.datasets import get_dataset
-from elbo_lib.evaluation import evaluate
+from elbo_lib.ablations import paper_variants
+from elbo_lib.evaluation import evaluate, options
 from elbo_lib.evaluation.metrics import (best_threshold, bootstrap_miou, confusion, intersection_union, miou,
                                          per_image_iu)
 
@@ -69,8 +70,8 @@ def test_fixture_layouts_evaluate(layout, tmp_path, pipes):
     assert s.image.shape[:2] == s.label.shape and s.class_ids
     if layout == "ade20k":
         assert (s.label == 0).sum() == 0  # unlabelled pixels are ignored, not background
-    m = evaluate("tiny-sd", ds, limit=3, out=tmp_path / "out", cache_dir=tmp_path / "cache", config=FAST,
-                 pipe=pipes["sd1"], n_boot=50, heldout=0.34)
+    m = evaluate("tiny-sd", ds, config=FAST, out=tmp_path / "out",
+                 **options(limit=3, cache_dir=tmp_path / "cache", pipe=pipes["sd1"], n_boot=50, heldout=0.34))
     assert set(m["variants"]) == {"uncalibrated", "calibrated"}
     for f in ("metrics.json", "per_class.csv", "size_buckets.csv", "summary.md"):
         assert (tmp_path / "out" / f).exists()
@@ -100,14 +101,14 @@ def test_corrupt_and_bad_inputs(tmp_path):
 
 def test_cache_reuse_no_denoiser_calls(tmp_path, pipes, monkeypatch):
     root = make_tree(tmp_path / "f", "folder", n=3)
-    kw = dict(limit=3, cache_dir=tmp_path / "cache", config=FAST, pipe=pipes["sd1"], n_boot=20, heldout=None)
+    kw = dict(config=FAST, **options(limit=3, cache_dir=tmp_path / "cache", pipe=pipes["sd1"], n_boot=20, heldout=None))
     a = evaluate("tiny", f"folder:{root}", **kw)
     from elbo_lib.models.stable_diffusion import StableDiffusionAdapter
 
     def boom(*args, **kwargs):
         raise AssertionError("denoiser called on a warm cache")
     monkeypatch.setattr(StableDiffusionAdapter, "predict", boom)
-    b = evaluate("tiny", f"folder:{root}", gammas=[0.5, 0.25], **kw)  # a gamma sweep: cache only
+    b = evaluate("tiny", f"folder:{root}", variants=paper_variants(FAST, [0.5, 0.25]), **kw)  # a gamma sweep: cache only
     assert a["variants"]["calibrated"] == b["variants"]["calibrated"]
     assert "gamma=0.25" in b["variants"]
     # an image changed under the same id is measured afresh, never served from the cache

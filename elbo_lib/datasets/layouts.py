@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..toy.study import STUDIES, eval_split, study_set
+from ..toy.world import COLOURS, SHAPES
 from .base import Sample, SegmentationDataset, present_ids, read_class_file, read_label, read_rgb
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
@@ -142,10 +144,7 @@ class ToyDataset(SegmentationDataset):
 
     ignore_index = 255
 
-    def __init__(self, name: str = "toy-test", n: int | None = None, cache_dir: Path | None = None,
-                 nouns_only: bool = False):
-        from ..toy.study import STUDIES, eval_split, study_set
-        from ..toy.world import COLOURS, SHAPES
+    def __init__(self, name: str = "toy-test", n: int | None = None, cache_dir: Path | None = None):
         self.name = name
         self.class_names = [f"{c} {s}" for s in SHAPES for c in COLOURS]
         if name.startswith("toy-study-"):
@@ -155,7 +154,6 @@ class ToyDataset(SegmentationDataset):
             self.items = study_set(study, n or 40, cache_dir=cache_dir)
         else:
             self.items = eval_split(name, n or 300, cache_dir=cache_dir)
-        self.nouns_only = nouns_only
 
     @property
     def ids(self) -> list[str]:
@@ -175,8 +173,7 @@ class ToyDataset(SegmentationDataset):
 DATASETS = {"voc": VOC2012, "context": PascalContext, "coco-object": COCOObject, "ade20k": ADE20K}
 
 
-def get_dataset(name: str, data_root: str | Path | None = None, limit: int | None = None,
-                cache_dir: Path | None = None) -> SegmentationDataset:
+def get_dataset(name: str, data_root: str | Path | None = None, cache_dir: Path | None = None) -> SegmentationDataset:
     """A dataset by name: toy splits/studies, the four real datasets (need ``data_root``), or
     ``folder:<path>``."""
     if name.startswith("toy-"):

@@ -26,6 +26,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..aligner import AlignConfig, Aligner, finalize
+from ..paths import atomic_write_json
 from .detector import present
 from .study import STUDIES, STUDY_LEVELS, ToyItem, eval_split, in_target_colour, study_set
 from .train import to_tensor
@@ -269,9 +270,7 @@ def main(argv=None) -> int:
     print(format_report(res))
     if a.json:
         Path(a.json).parent.mkdir(parents=True, exist_ok=True)
-        tmp = a.json + ".tmp"
-        Path(tmp).write_text(json.dumps(res, indent=2))
-        os.replace(tmp, a.json)
+        atomic_write_json(a.json, res)
     return 0 if res["all_gates_pass"] else 1
 
 
