@@ -185,7 +185,7 @@ class Measurement:
     TENSORS = ("elbo_t", "elbo", "attention_t", "cross", "self_attn")
 
     def parts(self) -> tuple[dict[str, torch.Tensor], dict]:
-        """(tensors, JSON-able metadata): what a cache stores (as safetensors, nothing pickled)."""
+        """(tensors, JSON-able metadata): what a cache stores (as safetensors and JSON, no Python objects)."""
         tensors = {k: torch.as_tensor(getattr(self, k)).detach().cpu().contiguous() for k in self.TENSORS
                    if getattr(self, k) is not None}
         return tensors, {"classes": list(self.classes), "caption": self.caption, "image_hw": list(self.image_hw)}

@@ -71,6 +71,15 @@ def results(model: str = "data/toy-sd", dataset="toy-test", limit: int | None = 
     return ds, [(s, finalize(m, fin, elbo_idx, attention_idx)) for s, m in measure_dataset(model, ds, cfg, seed, limit)]
 
 
+def hardest_images(samples, n: int) -> tuple[list[int], list[int]]:
+    """Figs. 3-4's choice: the ``n`` images with at least two classes whose smallest object is smallest
+    (their indices, smallest first), and each sample's smallest class id."""
+    smallest = [min(s.class_ids, key=lambda k: (s.label == k).sum()) for s in samples]
+    order = sorted((i for i, s in enumerate(samples) if len(s.class_ids) >= 2),
+                   key=lambda i: (samples[i].label == smallest[i]).sum())[:n]
+    return order, smallest
+
+
 def conditions_table(metrics: dict) -> pd.DataFrame:
     """Target IoU per study level (Fig. 1 curves), one column per variant."""
     rows = []

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from elbo_lib import AlignConfig
@@ -170,3 +171,45 @@ def test_model_key_follows_configs_not_reports(tmp_path):
     assert len({k, k2, k3}) == 3
     (d / "unet" / "w.safetensors").write_bytes(b"12346")  # same size, new weights: a fine-tune saved in place
     assert model_key(d) != k3
+
+
+def test_cache_stores_no_pickle_and_refuses_a_crafted_file(tmp_path, pipes):
+    """Measurements are safetensors + JSON; a pickle dropped where a cache file belongs is refused
+    without running its payload."""
+    from elbo_lib import Aligner
+    from elbo_lib.evaluation.cache import MeasurementCache, input_bytes, load_measurement
+    img = (np.random.default_rng(0).random((32, 32, 3)) * 255).astype(np.uint8)
+    m = Aligner(pipes["sd1"], FAST).measure(img, ["red circle", "cat"], seed=0)
+    cache = MeasurementCache(tmp_path, "tiny", {"k": 1})
+    inputs = input_bytes(img, m.caption)
+    cache.put("img", m, inputs)
+    back = cache.get("img", inputs)
+    assert back.classes == m.classes and back.caption == m.caption and back.image_hw == m.image_hw
+    for k in ("elbo", "cross", "self_attn"):
+        assert torch.equal(getattr(back, k), getattr(m, k))
+    path = cache._path("img", inputs)
+    assert path.suffix == ".safetensors"
+    marker = tmp_path / "payload-ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+    torch.save({"elbo": Payload()}, path)
+    with pytest.raises(ValueError, match="not a measurement file"):
+        cache.get("img", inputs)
+    with pytest.raises(ValueError, match="not a measurement file"):
+        load_measurement(path)
+    assert not marker.exists()
+
+
+def test_training_checkpoints_load_weights_only(tmp_path):
+    from elbo_lib.toy.train import atomic_save, load_checkpoint
+    atomic_save({"model": {"w": torch.ones(2)}, "step": 3, "seconds": 1.5}, tmp_path / "ok.pt")
+    assert load_checkpoint(tmp_path / "ok.pt")["step"] == 3
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, ("true",))
+    torch.save({"x": Payload()}, tmp_path / "bad.pt")
+    with pytest.raises(Exception, match="Weights only load failed"):
+        load_checkpoint(tmp_path / "bad.pt")

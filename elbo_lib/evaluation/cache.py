@@ -6,7 +6,7 @@ under the same ids (a regenerated toy split, an edited study set) is measured af
 hashes the model's name and, for local directories, its configs and each weight file's size and first
 and last MiB; the settings key hashes exactly the fields that change denoiser outputs (plus the seed and
 ELBO phrase variant). Files are safetensors with the measurement's text fields as JSON metadata:
-nothing is unpickled, so a file dropped into a shared cache directory cannot run code.
+no Python object is ever loaded from them, so a file dropped into a shared cache directory cannot run code.
 """
 from __future__ import annotations
 
