@@ -79,32 +79,32 @@ class PascalContext(_VOCStyle):
 
 
 class _GlobbedDataset(_ListedDataset):
-    def __init__(self, image_dir: Path, label_dir: Path, image_ext: str):
+    """<data_root>/<folder>/{images,annotations}/<split>/: every label PNG with its image."""
+
+    folder: str
+    class_file: str
+    split: str
+    image_ext = ".jpg"
+
+    def __init__(self, data_root: str | Path, split: str | None = None):
+        self.class_names = read_class_file(self.class_file)
+        root = Path(data_root) / self.folder
+        image_dir, label_dir = root / "images" / (split or self.split), root / "annotations" / (split or self.split)
         _need_dir(image_dir, self.name)
         _need_dir(label_dir, self.name)
         stems = sorted(p.stem for p in label_dir.glob("*.png"))
         if not stems:
             raise FileNotFoundError(f"{self.name}: no label PNGs in {label_dir}")
-        super().__init__(image_dir, label_dir, stems, image_ext)
+        super().__init__(image_dir, label_dir, stems, self.image_ext)
 
 
 class COCOObject(_GlobbedDataset):
-    name = "coco-object"
-
-    def __init__(self, data_root: str | Path, split: str = "val2017"):
-        self.class_names = read_class_file("coco_object")
-        root = Path(data_root) / "coco_object"
-        super().__init__(root / "images" / split, root / "annotations" / split, ".jpg")
+    name, folder, class_file, split = "coco-object", "coco_object", "coco_object", "val2017"
 
 
 class ADE20K(_GlobbedDataset):
-    name = "ade20k"
+    name, folder, class_file, split = "ade20k", "ADEChallengeData2016", "ade20k", "validation"
     has_background = False
-
-    def __init__(self, data_root: str | Path, split: str = "validation"):
-        self.class_names = read_class_file("ade20k")
-        root = Path(data_root) / "ADEChallengeData2016"
-        super().__init__(root / "images" / split, root / "annotations" / split, ".jpg")
 
 
 class FolderDataset(SegmentationDataset):
