@@ -17,7 +17,8 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from elbo_lib.evaluation.runner import _config_for, evaluate  # noqa: E402
+from elbo_lib.ablations import paper_config, paper_variants  # noqa: E402
+from elbo_lib.evaluation.runner import evaluate, options  # noqa: E402
 
 
 def main(argv=None) -> pd.DataFrame:
@@ -26,18 +27,18 @@ def main(argv=None) -> pd.DataFrame:
     p.add_argument("--dataset", default="toy-test")
     p.add_argument("--limit", type=int, default=30)
     a = p.parse_args(argv)
-    cfg = _config_for(a.model)
+    cfg = paper_config(a.model)
     gammas = [1 / g for g in (1.5, 2, 3, 4, 5, 6, 7, 8)]
     rows = []
     with tempfile.TemporaryDirectory() as cache:
-        kw = dict(limit=a.limit, cache_dir=cache, config=cfg, heldout=None, n_boot=100)
+        kw = dict(config=cfg, **options(limit=a.limit, cache_dir=cache, heldout=None, n_boot=100))
         t0 = time.perf_counter()
         m = evaluate(a.model, a.dataset, **kw)
         cold = time.perf_counter() - t0
         n = m["n_images"]
         rows.append({"run": "cold (measure + score)", "images": n, "seconds": cold, "images_per_s": n / cold})
         t0 = time.perf_counter()
-        evaluate(a.model, a.dataset, gammas=gammas, **kw)
+        evaluate(a.model, a.dataset, variants=paper_variants(cfg, gammas), **kw)
         warm = time.perf_counter() - t0
         rows.append({"run": f"warm cache, {len(gammas)} gammas + 2 variants", "images": n, "seconds": warm,
                      "images_per_s": n / warm})

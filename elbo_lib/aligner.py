@@ -182,15 +182,21 @@ class Measurement:
     self_attn: torch.Tensor | None  # (h*w, h*w) refinement matrix (self_rule), rows = queries
     image_hw: tuple[int, int]     # input image size (H, W)
 
-    def state(self) -> dict:
-        return {"classes": self.classes, "caption": self.caption, "elbo_t": torch.as_tensor(self.elbo_t),
-                "elbo": self.elbo.cpu(), "attention_t": torch.as_tensor(self.attention_t), "cross": self.cross.cpu(),
-                "self_attn": None if self.self_attn is None else self.self_attn.cpu(), "image_hw": list(self.image_hw)}
+    TENSORS = ("elbo_t", "elbo", "attention_t", "cross", "self_attn")
+
+    def parts(self) -> tuple[dict[str, torch.Tensor], dict]:
+        """(tensors, JSON-able metadata): what a cache stores (as safetensors and JSON, no Python objects)."""
+        tensors = {k: torch.as_tensor(getattr(self, k)).detach().cpu().contiguous() for k in self.TENSORS
+                   if getattr(self, k) is not None}
+        return tensors, {"classes": list(self.classes), "caption": self.caption, "image_hw": list(self.image_hw)}
 
     @classmethod
-    def from_state(cls, d: dict) -> "Measurement":
-        return cls(list(d["classes"]), d["caption"], np.asarray(d["elbo_t"]), d["elbo"], np.asarray(d["attention_t"]),
-                   d["cross"], d["self_attn"], tuple(d["image_hw"]))
+    def from_parts(cls, tensors: dict[str, torch.Tensor], meta: dict) -> "Measurement":
+        missing = [k for k in cls.TENSORS if k != "self_attn" and k not in tensors]
+        if missing or not {"classes", "caption", "image_hw"} <= set(meta):
+            raise ValueError(f"not a measurement: missing {missing or sorted({'classes', 'caption', 'image_hw'} - set(meta))}")
+        return cls(list(meta["classes"]), meta["caption"], tensors["elbo_t"].numpy(), tensors["elbo"],
+                   tensors["attention_t"].numpy(), tensors["cross"], tensors.get("self_attn"), tuple(meta["image_hw"]))
 
 
 @dataclass

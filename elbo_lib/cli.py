@@ -1,30 +1,62 @@
-"""Command line: ``python -m elbo_lib segment IMAGE --classes "a,b" --out DIR``."""
+"""Command line: ``python -m elbo_lib segment IMAGE --classes "a,b" --out DIR`` and
+``python -m elbo_lib evaluate --model data/toy-sd --dataset toy-test --out DIR``.
+
+A mistake in the input ends with one line on stderr that names it and exit status 2; ``--debug``
+shows the traceback instead."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
 
 import numpy as np
+from PIL import Image, UnidentifiedImageError
 
-from .aligner import PRESETS
+from .ablations import paper_config, paper_variants
+from .aligner import PRESETS, Aligner
+from .baselines import NotRunnable
+from .elbo import NonFiniteError
+from .evaluation.runner import Protocol, Source, evaluate, metrics_table
+from .models import load_pipeline
+from .paths import CACHE_DIR
+from .plotting import mask_rgb, overlay, result_figure
+from .toy.world import untrained_words
+
+USAGE_ERRORS = (ValueError, TypeError, FileNotFoundError, NotADirectoryError, NotRunnable, NonFiniteError)
+
+
+def read_image(path: str | Path) -> Image.Image:
+    """An RGB image from ``path``; a missing, truncated or non-image file is a ValueError saying which."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no image file at {path}")
+    try:
+        with Image.open(path) as im:
+            return im.convert("RGB")
+    except UnidentifiedImageError as e:
+        raise ValueError(f"{path} is not an image PIL can read (PNG, JPEG, ...)") from e
+    except OSError as e:
+        raise ValueError(f"{path} is corrupt or truncated: {e}") from e
+
+
+def warn_untrained(model: str, phrases: list[str]) -> None:
+    """On a toy model, say which class words it never saw in training (its heatmaps would mean little)."""
+    if (Path(model) / "training.json").exists():
+        unknown = untrained_words(phrases)
+        if unknown:
+            print(f"warning: the toy model was never trained on {', '.join(map(repr, unknown))}; "
+                  "their heatmaps mean little (toy words: python -c 'from elbo_lib.toy.world import vocabulary; "
+                  "print(vocabulary())')", file=sys.stderr)
 
 
 def _segment(a) -> int:
-    from PIL import Image
-
-    from .aligner import Aligner
-    from .models import load_pipeline
-    from .plotting import mask_rgb, overlay, result_figure
-
     classes = [c.strip() for c in a.classes.split(",") if c.strip()]
     if not classes:
-        raise SystemExit("--classes must name at least one class, comma-separated")
-    path = Path(a.image)
-    if not path.is_file():
-        raise SystemExit(f"no image file at {path}")
-    image = Image.open(path).convert("RGB")
+        raise ValueError("--classes must name at least one class, comma-separated")
+    image = read_image(a.image)
+    warn_untrained(a.model, classes)
     pipe = load_pipeline(a.model, device=a.device)
     overrides = {"gamma": a.gamma} if a.gamma is not None else {}
     aligner = Aligner(pipe, preset=a.preset, **overrides)
@@ -42,8 +74,8 @@ def _segment(a) -> int:
     Image.fromarray(mask_rgb(mask, len(classes))).save(out / "mask_color.png")
     fig = result_figure(rgb, res, a.threshold)
     fig.savefig(out / "overlay.png", dpi=100)
-    summary = {"image": str(path), "model": str(a.model), "classes": classes, "caption": res.caption,
-               "threshold": a.threshold, "seed": a.seed, "gamma": aligner.config.gamma,
+    summary = {"image": str(a.image), "model": str(a.model), "classes": classes, "caption": res.caption,
+               "threshold": a.threshold, "seed": a.seed, "gamma": aligner.config.gamma, "preset": a.preset,
                "scores": res.scores.tolist(), "elbo": res.elbo.tolist(),
                "elbo_total": res.elbo.sum(1).tolist(),
                "mask_values": {"0": "background", **{str(i + 1): c for i, c in enumerate(classes)}}}
@@ -52,8 +84,32 @@ def _segment(a) -> int:
     return 0
 
 
-def main(argv=None) -> int:
+def _heldout(value: str):
+    if value == "none":
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        return value
+
+
+def _evaluate(a) -> int:
+    for g in a.gamma:
+        if not 0 < g <= 1:
+            raise ValueError(f"--gamma values must be in (0, 1], got {g}")
+    overrides = {k: v for k, v in (("elbo_steps", a.elbo_steps), ("attention_steps", a.attention_steps)) if v is not None}
+    cfg = dataclasses.replace(paper_config(a.model, a.preset), **overrides)
+    m = evaluate(a.model, a.dataset, config=cfg, variants=paper_variants(cfg, a.gamma), seed=a.seed,
+                 protocol=Protocol(heldout=_heldout(a.heldout), n_boot=a.n_boot),
+                 source=Source(data_root=a.data_root, limit=a.limit, cache_dir=a.cache_dir, device=a.device),
+                 out=a.out)
+    print(metrics_table(m).to_markdown(index=False, floatfmt=".3f"))
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m elbo_lib", description="ELBO-T2IAlign workbook")
+    p.add_argument("--debug", action="store_true", help="show the traceback of an error")
     sub = p.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("segment", help="calibrated heatmaps and a mask for one image")
     s.add_argument("image")
@@ -63,16 +119,37 @@ def main(argv=None) -> int:
     s.add_argument("--out", required=True)
     s.add_argument("--threshold", type=float, default=0.4, help="background threshold in [0, 1]")
     s.add_argument("--gamma", type=float, default=None)
-    s.add_argument("--preset", default="official", choices=sorted(PRESETS),
-                   help="official: the authors' algorithm (default); project: the project's earlier choices")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--device", default=None)
     s.set_defaults(func=_segment)
-    from .evaluation.runner import add_evaluate_parser
-    add_evaluate_parser(sub)
-    a = p.parse_args(argv)
-    return a.func(a)
+    e = sub.add_parser("evaluate", help="zero-shot referring segmentation on a dataset (cached, resumable)")
+    e.add_argument("--model", default="data/toy-sd")
+    e.add_argument("--dataset", default="toy-test")
+    e.add_argument("--data-root", default=None)
+    e.add_argument("--limit", type=int, default=None)
+    e.add_argument("--gamma", type=float, nargs="*", default=[], help="extra gamma values to report")
+    e.add_argument("--heldout", default="auto", help="threshold split: a dataset name, a fraction, or 'none'")
+    e.add_argument("--cache-dir", default=None, help=f"measurement cache (default {CACHE_DIR})")
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--n-boot", type=int, default=1000)
+    e.add_argument("--elbo-steps", type=int, default=None, help="ELBO timesteps (default: the paper's 20)")
+    e.add_argument("--attention-steps", type=int, default=None, help="attention timesteps (default: the paper's 10)")
+    e.add_argument("--device", default=None)
+    e.add_argument("--out", required=True)
+    e.set_defaults(func=_evaluate)
+    for sp in (s, e):
+        sp.add_argument("--preset", default="official", choices=sorted(PRESETS),
+                        help="official: the authors' algorithm (default); project: the project's earlier choices")
+    return p
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def main(argv=None) -> int:
+    a = parser().parse_args(argv)
+    try:
+        return a.func(a)
+    except USAGE_ERRORS as e:
+        if a.debug:
+            raise
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        print(f"error: {msg}", file=sys.stderr)
+        return 2

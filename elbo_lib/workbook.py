@@ -13,9 +13,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import nbformat
 import pandas as pd
+import papermill as pm
 
-REPO = Path(__file__).resolve().parents[1]
+from .paths import REPO_ROOT
+
+REPO = REPO_ROOT
 
 
 def _rows(df: pd.DataFrame, col: str, names: list[str], fmt: str = "{:.3f}") -> str:
@@ -77,7 +81,6 @@ def run_notebooks(only: list[str] | None = None, quick: bool = False, extra: dic
                   figures: Path = REPO / "figures", executed_dir: Path | None = None) -> list[dict]:
     """Execute the notebooks with papermill; outputs go to ``figures``; executed notebooks replace the
     committed ones unless ``executed_dir`` is given."""
-    import papermill as pm
     figures.mkdir(parents=True, exist_ok=True)
     os.environ["ELBO_WORKBOOK_OUT"] = str(figures)  # the notebooks' output_dir(); inherited by their kernels
     if executed_dir is not None:
@@ -95,19 +98,35 @@ def run_notebooks(only: list[str] | None = None, quick: bool = False, extra: dic
         target = nb if executed_dir is None else executed_dir / nb.name
         pm.execute_notebook(str(nb), str(target), parameters=params, cwd=str(REPO), progress_bar=False,
                             kernel_name="python3")
+        clean_notebook(target)
         log.append({"notebook": e.name, "seconds": round(time.time() - t0, 1), "parameters": params})
     return log
 
 
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+
+
+def clean_notebook(path: Path) -> None:
+    """Drop what changes on every run without being a result: widget state and widget views (progress
+    bars), stderr streams, per-cell timings. The notebook's total duration stays (the index reports it)."""
+    nb = nbformat.read(path, as_version=4)
+    nb.metadata.pop("widgets", None)
+    for cell in nb.cells:
+        cell.metadata.pop("execution", None)
+        cell.metadata.pop("papermill", None)
+        if cell.cell_type == "code":
+            cell.outputs = [o for o in cell.outputs if not (o.output_type == "stream" and o.name == "stderr")
+                            and WIDGET_VIEW not in o.get("data", {})]
+    nbformat.write(nb, path)
+
+
 def _parameters_of(nb: Path) -> set[str]:
-    import nbformat
     cell = next(c for c in nbformat.read(nb, as_version=4).cells if "parameters" in c.metadata.get("tags", []))
     return {ln.split("=")[0].strip() for ln in cell.source.splitlines() if "=" in ln and not ln.startswith("#")}
 
 
 def _recorded_seconds(nb: Path) -> float | str:
     """Duration papermill stored in an executed notebook's metadata, or '' when there is none."""
-    import nbformat
     if not nb.exists():
         return ""
     d = nbformat.read(nb, as_version=4).metadata.get("papermill", {}).get("duration")

@@ -17,20 +17,20 @@ import elbo_lib.experiments as ex
 
 ex.use_repo_root()
 out = ex.output_dir(out)
-import sys
-
 import matplotlib.pyplot as plt
 import seaborn as sns
 
-sys.path.insert(0, str(ex.REPO_ROOT))
-from benchmarks.bench_aligner import main as bench
+from elbo_lib import load_pipeline
+from elbo_lib.models import default_device_dtype
+from elbo_lib.models.random_init import sd15_random_pipeline
+from elbo_lib.timing import aligner_speed
+from elbo_lib.toy.world import COLOURS, SHAPES
 
-args = ["--arch", arch, "--model", model, "--repeats", str(repeats), "--classes", *map(str, classes)]
-if device:
-    args += ["--device", device]
-tab = bench(args)
+dev, dtype = default_device_dtype(device)
+pipe = load_pipeline(model, device=dev, dtype=dtype) if arch == "toy" else sd15_random_pipeline().to(dev, dtype)
+tab, ceiling = aligner_speed(pipe, [f"{c} {s}" for s in SHAPES for c in COLOURS], classes, repeats=repeats)
 ex.save_table(tab, "cost", out)
-ex.save_table(tab.attrs["denoiser_ceiling"], "cost_denoiser_ceiling", out)  # what batching alone buys here
+ex.save_table(ceiling, "cost_denoiser_ceiling", out)  # what batching alone buys here
 
 # %%
 print("speed-up of the batched ELBO at", max(classes), "classes:",

@@ -19,11 +19,10 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from elbo_lib import load_pipeline
-from elbo_lib.explore import SceneKnobs, ToyExplorer, widget_ranges
+from elbo_lib.toy.explore import SceneKnobs, ToyExplorer, controls
 from elbo_lib.plotting import result_figure
 
 explorer = ToyExplorer(load_pipeline(model, device=device), model)
-R = widget_ranges()
 
 
 def show(target_radius=11.0, occlusion=0.0, distractors=0, rare=False, gamma=1 / 3, elbo_steps=20,
@@ -40,12 +39,4 @@ res = show(target_radius=6.0)
 print(dict(zip(res.classes, np.round(res.scores, 3))))
 
 # %%
-w.interactive(show, target_radius=w.FloatSlider(value=11, min=R["target_radius"][0], max=R["target_radius"][1], step=R["target_radius"][2]),
-              occlusion=w.FloatSlider(value=0, min=R["occlusion"][0], max=R["occlusion"][1], step=R["occlusion"][2]),
-              distractors=w.IntSlider(value=0, min=R["distractors"][0], max=R["distractors"][1]),
-              rare=w.Checkbox(value=False),
-              gamma=w.FloatSlider(value=1 / 3, min=R["gamma"][0], max=R["gamma"][1], step=R["gamma"][2]),
-              elbo_steps=w.SelectionSlider(options=R["elbo_steps"], value=20),
-              elbo_strategy=w.Dropdown(options=R["elbo_strategy"], value="even"),
-              attention_steps=w.SelectionSlider(options=R["attention_steps"], value=10),
-              attention_t_max=w.Dropdown(options=R["attention_t_max"], value=0.2))
+w.interactive(show, **controls())

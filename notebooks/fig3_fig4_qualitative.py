@@ -27,9 +27,7 @@ from elbo_lib.plotting import mask_rgb, overlay
 
 maps = ex.method_heatmaps(model, dataset, limit=limit, seed=seed, data_root=data_root)
 samples = [s for s, _ in maps["ELBO-T2IAlign"]]
-smallest = [min(s.class_ids, key=lambda k: (s.label == k).sum()) for s in samples]
-order = sorted((i for i, s in enumerate(samples) if len(s.class_ids) >= 2),
-               key=lambda i: (samples[i].label == smallest[i]).sum())[:n_show]
+order, smallest = ex.hardest_images(samples, n_show)
 
 # %% tags=["nbval-check-output"]
 for i in order:

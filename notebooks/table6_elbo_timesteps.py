@@ -17,26 +17,19 @@ import elbo_lib.experiments as ex
 
 ex.use_repo_root()
 out = ex.output_dir(out)
-import time
-
-import pandas as pd
-
-from elbo_lib import Aligner, load_pipeline
+from elbo_lib import load_pipeline
+from elbo_lib.timing import measure_seconds
 
 cfg = ex.superset_config(model)
 counts = [1, 5, 10, 20, 50, 100]
 m = ex.run([ex.variant(f"elbo={n}", cfg, elbo_idx=ex.elbo_subset(n)) for n in counts], model, dataset, limit=limit,
            seed=seed, n_boot=n_boot, device=device, data_root=data_root)
 tab = ex.table(m)
-pipe = load_pipeline(model, device=device)
 ds, res = ex.results(model, dataset, limit=1, seed=seed, data_root=data_root)
 sample = res[0][0]
-secs = {}
-for n in counts:
-    al = Aligner(pipe, ex.superset_config(model, elbo_steps=n, attention_steps=10, attention_t_max=0.2))
-    t0 = time.perf_counter()
-    al.measure(sample.image, ds.phrases(sample.class_ids), sample.caption, seed=seed)
-    secs[f"elbo={n}"] = time.perf_counter() - t0
+secs = measure_seconds(load_pipeline(model, device=device),  # every denoiser call for one image, per count
+                       {f"elbo={n}": ex.superset_config(model, elbo_steps=n, attention_steps=10, attention_t_max=0.2)
+                        for n in counts}, sample.image, ds.phrases(sample.class_ids), sample.caption, seed)
 tab["s_per_image"] = tab.variant.map(secs)
 ex.save_table(tab, "table6_elbo_timesteps", out)
 

@@ -57,7 +57,7 @@ def test_finalize_switches(pipes):
     sub = finalize(m, AlignConfig(), elbo_idx=[0], attention_idx=[1])
     assert sub.elbo.shape == (2, 1)
     np.testing.assert_array_equal(finalize(m, AlignConfig()).heatmaps, al(_img(), ["red circle", "cat"], seed=0).heatmaps)
-    st = elbo_lib.Measurement.from_state(m.state())
+    st = elbo_lib.Measurement.from_parts(*m.parts())
     np.testing.assert_array_equal(finalize(st, AlignConfig()).heatmaps, finalize(m, AlignConfig()).heatmaps)
 
 

@@ -6,7 +6,7 @@ from elbo_lib import AlignConfig, Aligner
 from elbo_lib.baselines import BASELINES, NotRunnable, get_baseline
 from elbo_lib.baselines.daam import summed_maps
 from elbo_lib.baselines.diffseg import segment, sym_kl
-from elbo_lib.evaluation import evaluate
+from elbo_lib.evaluation import evaluate, options
 
 FAST = AlignConfig(elbo_steps=2, attention_steps=3)
 
@@ -80,8 +80,8 @@ def test_registry_and_harness(tmp_path, pipes):
         get_baseline("SAM")
     from fixtures_datasets import make_tree
     root = make_tree(tmp_path / "f", "folder", n=3)
-    m = evaluate("tiny", f"folder:{root}", limit=3, cache_dir=tmp_path / "c", config=FAST, pipe=pipes["sd1"],
-                 n_boot=20, heldout=None, baselines=list(BASELINES))
+    m = evaluate("tiny", f"folder:{root}", config=FAST, baselines=list(BASELINES),
+                 **options(limit=3, cache_dir=tmp_path / "c", pipe=pipes["sd1"], n_boot=20, heldout=None))
     assert set(m["variants"]) == {"uncalibrated", "calibrated", *BASELINES}
     # DiffSegmenter is Algorithm 1 without the score: identical to the uncalibrated variant
     for k in ("miou", "threshold", "ci95"):

@@ -80,3 +80,70 @@ def test_real_model_path_end_to_end(tmp_path, pipes):
     assert set(t2.dataset) == {"voc"} and "ELBO-T2IAlign" in set(t2.variant) and "DiffPNG" in set(t2.variant)
     assert (out / "README.md").exists()
     assert before == {p.name: p.read_bytes() for p in (ROOT / "notebooks").glob("*.ipynb")}
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["evaluate", "--model", "no/such/dir", "--out", "o"], "no pipeline directory"),
+    (["evaluate", "--dataset", "imagenet", "--out", "o"], "unknown dataset 'imagenet'"),
+    (["evaluate", "--dataset", "voc", "--out", "o"], "needs --data-root"),
+    (["evaluate", "--gamma", "7", "--out", "o"], "--gamma values must be in (0, 1]"),
+    (["segment", "nope.png", "--classes", "cat", "--out", "o"], "no image file"),
+    (["segment", "img.png", "--classes", " , ", "--out", "o"], "--classes must name"),
+])
+def test_cli_errors_are_one_line(argv, message, tmp_path, capsys, monkeypatch):
+    """A mistake ends with one 'error: ...' line on stderr and exit status 2, no traceback."""
+    from elbo_lib.cli import main
+    monkeypatch.chdir(tmp_path)
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(tmp_path / "img.png")
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: ") and message in err[-1] and not any("Traceback" in ln for ln in err)
+
+
+def test_cli_corrupt_image_and_debug(tmp_path, capsys):
+    from elbo_lib.cli import main
+    png = tmp_path / "cut.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(png)
+    png.write_bytes(png.read_bytes()[:400])  # truncated
+    argv = ["segment", str(png), "--classes", "red circle", "--out", str(tmp_path / "o")]
+    assert main(argv) == 2
+    assert "corrupt or truncated" in capsys.readouterr().err
+    (tmp_path / "text.png").write_text("not an image")
+    assert main(["segment", str(tmp_path / "text.png"), "--classes", "cat", "--out", str(tmp_path / "o")]) == 2
+    assert "is not an image" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="corrupt or truncated"):
+        main(["--debug", *argv])
+
+
+def test_toy_vocabulary_warning(tmp_path, capsys):
+    from elbo_lib.cli import warn_untrained
+    from elbo_lib.toy.world import untrained_words
+    assert untrained_words(["purple unicorn", "red circle", "Unicorn cat"]) == ["unicorn", "cat"]
+    (tmp_path / "training.json").write_text("{}")
+    warn_untrained(str(tmp_path), ["purple unicorn"])
+    assert "never trained on 'unicorn'" in capsys.readouterr().err
+    warn_untrained(str(tmp_path), ["purple circle"])
+    warn_untrained(str(tmp_path / "not-toy"), ["purple unicorn"])  # not a toy model: no vocabulary to check
+    assert capsys.readouterr().err == ""
+
+
+def test_notebooks_are_written_clean(tmp_path):
+    """Executed notebooks keep results, not widget state, progress bars or per-cell timings."""
+    import nbformat
+    nb = nbformat.v4.new_notebook(metadata={"widgets": {"state": {}}, "papermill": {"duration": 3.0}})
+    cell = nbformat.v4.new_code_cell("x", metadata={"papermill": {"duration": 1.0}, "execution": {"iopub.status.busy": "2026-01-01T00:00:00Z"}})
+    cell.outputs = [nbformat.v4.new_output("stream", name="stderr", text="50%|###"),
+                    nbformat.v4.new_output("display_data", data={workbook.WIDGET_VIEW: {"model_id": "x"},
+                                                                 "text/plain": "HBox()"}),
+                    nbformat.v4.new_output("stream", name="stdout", text="result 0.5\n")]
+    nb.cells.append(cell)
+    nbformat.write(nb, tmp_path / "n.ipynb")
+    workbook.clean_notebook(tmp_path / "n.ipynb")
+    out = nbformat.read(tmp_path / "n.ipynb", as_version=4)
+    assert "widgets" not in out.metadata and out.metadata.papermill.duration == 3.0
+    assert [o.get("text") for o in out.cells[0].outputs] == ["result 0.5\n"] and not out.cells[0].metadata
+    for path in (ROOT / "notebooks").glob("*.ipynb"):  # the committed ones
+        committed = nbformat.read(path, as_version=4)
+        assert "widgets" not in committed.metadata, path.name
+        assert not any(workbook.WIDGET_VIEW in o.get("data", {}) for c in committed.cells if c.cell_type == "code"
+                       for o in c.outputs), path.name

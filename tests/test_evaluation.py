@@ -8,11 +8,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from elbo_lib import AlignConfig
 from elbo_lib.datasets import get_dataset
-from elbo_lib.evaluation import evaluate
+from elbo_lib.ablations import paper_variants
+from elbo_lib.evaluation import evaluate, options
 from elbo_lib.evaluation.metrics import (best_threshold, bootstrap_miou, confusion, intersection_union, miou,
                                          per_image_iu)
 
@@ -69,8 +71,8 @@ def test_fixture_layouts_evaluate(layout, tmp_path, pipes):
     assert s.image.shape[:2] == s.label.shape and s.class_ids
     if layout == "ade20k":
         assert (s.label == 0).sum() == 0  # unlabelled pixels are ignored, not background
-    m = evaluate("tiny-sd", ds, limit=3, out=tmp_path / "out", cache_dir=tmp_path / "cache", config=FAST,
-                 pipe=pipes["sd1"], n_boot=50, heldout=0.34)
+    m = evaluate("tiny-sd", ds, config=FAST, out=tmp_path / "out",
+                 **options(limit=3, cache_dir=tmp_path / "cache", pipe=pipes["sd1"], n_boot=50, heldout=0.34))
     assert set(m["variants"]) == {"uncalibrated", "calibrated"}
     for f in ("metrics.json", "per_class.csv", "size_buckets.csv", "summary.md"):
         assert (tmp_path / "out" / f).exists()
@@ -100,14 +102,14 @@ def test_corrupt_and_bad_inputs(tmp_path):
 
 def test_cache_reuse_no_denoiser_calls(tmp_path, pipes, monkeypatch):
     root = make_tree(tmp_path / "f", "folder", n=3)
-    kw = dict(limit=3, cache_dir=tmp_path / "cache", config=FAST, pipe=pipes["sd1"], n_boot=20, heldout=None)
+    kw = dict(config=FAST, **options(limit=3, cache_dir=tmp_path / "cache", pipe=pipes["sd1"], n_boot=20, heldout=None))
     a = evaluate("tiny", f"folder:{root}", **kw)
     from elbo_lib.models.stable_diffusion import StableDiffusionAdapter
 
     def boom(*args, **kwargs):
         raise AssertionError("denoiser called on a warm cache")
     monkeypatch.setattr(StableDiffusionAdapter, "predict", boom)
-    b = evaluate("tiny", f"folder:{root}", gammas=[0.5, 0.25], **kw)  # a gamma sweep: cache only
+    b = evaluate("tiny", f"folder:{root}", variants=paper_variants(FAST, [0.5, 0.25]), **kw)  # a gamma sweep: cache only
     assert a["variants"]["calibrated"] == b["variants"]["calibrated"]
     assert "gamma=0.25" in b["variants"]
     # an image changed under the same id is measured afresh, never served from the cache
@@ -169,3 +171,45 @@ def test_model_key_follows_configs_not_reports(tmp_path):
     assert len({k, k2, k3}) == 3
     (d / "unet" / "w.safetensors").write_bytes(b"12346")  # same size, new weights: a fine-tune saved in place
     assert model_key(d) != k3
+
+
+def test_cache_stores_no_pickle_and_refuses_a_crafted_file(tmp_path, pipes):
+    """Measurements are safetensors + JSON; a pickle dropped where a cache file belongs is refused
+    without running its payload."""
+    from elbo_lib import Aligner
+    from elbo_lib.evaluation.cache import MeasurementCache, input_bytes, load_measurement
+    img = (np.random.default_rng(0).random((32, 32, 3)) * 255).astype(np.uint8)
+    m = Aligner(pipes["sd1"], FAST).measure(img, ["red circle", "cat"], seed=0)
+    cache = MeasurementCache(tmp_path, "tiny", {"k": 1})
+    inputs = input_bytes(img, m.caption)
+    cache.put("img", m, inputs)
+    back = cache.get("img", inputs)
+    assert back.classes == m.classes and back.caption == m.caption and back.image_hw == m.image_hw
+    for k in ("elbo", "cross", "self_attn"):
+        assert torch.equal(getattr(back, k), getattr(m, k))
+    path = cache._path("img", inputs)
+    assert path.suffix == ".safetensors"
+    marker = tmp_path / "payload-ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+    torch.save({"elbo": Payload()}, path)
+    with pytest.raises(ValueError, match="not a measurement file"):
+        cache.get("img", inputs)
+    with pytest.raises(ValueError, match="not a measurement file"):
+        load_measurement(path)
+    assert not marker.exists()
+
+
+def test_training_checkpoints_load_weights_only(tmp_path):
+    from elbo_lib.toy.train import atomic_save, load_checkpoint
+    atomic_save({"model": {"w": torch.ones(2)}, "step": 3, "seconds": 1.5}, tmp_path / "ok.pt")
+    assert load_checkpoint(tmp_path / "ok.pt")["step"] == 3
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, ("true",))
+    torch.save({"x": Payload()}, tmp_path / "bad.pt")
+    with pytest.raises(Exception, match="Weights only load failed"):
+        load_checkpoint(tmp_path / "bad.pt")

@@ -1,11 +1,14 @@
+import dataclasses
+import inspect
+
 import numpy as np
 import pytest
 
+from elbo_lib.ablations import (PAPER_ATT, PAPER_ELBO, SUPERSET_ATT_T, SUPERSET_ELBO_T, attention_subset,
+                                elbo_subset)
 from elbo_lib.aligner import AlignConfig
 from elbo_lib.elbo import attention_timesteps, elbo_timesteps
-from elbo_lib.experiments import (PAPER_ATT, PAPER_ELBO, SUPERSET_ATT_T, SUPERSET_ELBO_T, attention_subset,
-                                  elbo_subset)
-from elbo_lib.explore import SceneKnobs, ToyExplorer, build_scene, widget_ranges
+from elbo_lib.toy.explore import CONTROLS, SceneKnobs, ToyExplorer, build_scene, controls, widget_ranges
 
 
 def test_superset_contains_paper_timesteps():
@@ -36,7 +39,7 @@ def test_scene_knobs():
 
 
 def test_explorer_caches_model_calls(pipes, monkeypatch):
-    import elbo_lib.explore as ex
+    import elbo_lib.toy.explore as ex
     monkeypatch.setattr(ex, "superset_config", lambda d: AlignConfig(elbo_steps=100, attention_steps=30,
                                                                      attention_t_max=0.6, caption_item="a {}",
                                                                      batch_size=128))
@@ -50,3 +53,16 @@ def test_explorer_caches_model_calls(pipes, monkeypatch):
     e.view(SceneKnobs(target_radius=6))
     assert e.model_calls == 2
     assert set(widget_ranges()) >= {"gamma", "elbo_steps", "elbo_strategy", "attention_steps", "target_radius"}
+
+
+def test_controls_table_matches_the_explorer():
+    """One table drives the sliders: its knobs are SceneKnobs' then view()'s, with their defaults."""
+    names = [c.name for c in CONTROLS]
+    view = inspect.signature(ToyExplorer.view).parameters
+    scene = [f.name for f in dataclasses.fields(SceneKnobs) if f.name != "seed"]
+    assert names == scene + [p for p in view if p not in ("self", "knobs")]
+    defaults = {**{f.name: f.default for f in dataclasses.fields(SceneKnobs)},
+                **{p: v.default for p, v in view.items() if v.default is not inspect.Parameter.empty}}
+    assert all(c.default == defaults[c.name] for c in CONTROLS)
+    ws = controls()
+    assert list(ws) == names and all(ws[c.name].value == c.default for c in CONTROLS)

@@ -93,7 +93,7 @@ def test_text_encoder_init_keeps_tokens_distinguishable(std, distinct):
     uniform); the toy default keeps them apart."""
     import dataclasses
     from elbo_lib.toy.architecture import build_text_encoder
-    from elbo_lib.toy.tokenizer import build_tokenizer
+    from elbo_lib.models.tokenizer import build_tokenizer
     from elbo_lib.toy.world import vocabulary
     arch = dataclasses.replace(ToyArchitecture(), token_embedding_std=std)
     tok = build_tokenizer(vocabulary(), arch.max_length)
@@ -108,7 +108,7 @@ def test_text_encoder_init_keeps_tokens_distinguishable(std, distinct):
 
 
 def test_longest_toy_caption_fits_the_text_encoder():
-    from elbo_lib.toy.tokenizer import build_tokenizer
+    from elbo_lib.models.tokenizer import build_tokenizer
     from elbo_lib.toy.world import COLOURS, SHAPES, make_caption, vocabulary
     arch = ToyArchitecture()
     tok = build_tokenizer(vocabulary(), arch.max_length)

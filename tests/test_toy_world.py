@@ -3,7 +3,7 @@ import pytest
 
 from elbo_lib.toy.detector import detect, present
 from elbo_lib.toy.study import STUDIES, STUDY_LEVELS, copies_around, eval_split, in_target_colour, study_set
-from elbo_lib.toy.tokenizer import build_tokenizer
+from elbo_lib.models.tokenizer import build_tokenizer
 from elbo_lib.toy.world import (COLOURS, RARE_SHAPE, SHAPES, ToyObject, WorldConfig, make_caption, parse_phrase,
                                 parse_prompt, render, sample_scene, shape_mask, training_caption, vocabulary)
 

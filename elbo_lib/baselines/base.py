@@ -4,7 +4,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
-import numpy as np
 
 BASELINES: dict[str, "Baseline"] = {}
 # baselines that need no ELBO measure attention at the paper's 10 timesteps in (0, 0.2], whatever
@@ -36,10 +35,3 @@ def get_baseline(name: str) -> Baseline:
     if name not in BASELINES:
         raise ValueError(f"unknown baseline {name!r}; choose from {sorted(BASELINES)}")
     return BASELINES[name]
-
-
-def minmax_np(x: np.ndarray) -> np.ndarray:
-    """Per-class min-max normalisation of (N, H, W) maps; a constant map becomes 0."""
-    lo = x.min(axis=(1, 2), keepdims=True)
-    rng = x.max(axis=(1, 2), keepdims=True) - lo
-    return np.where(rng > 0, (x - lo) / np.where(rng > 0, rng, 1), 0.0)

@@ -13,8 +13,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..calibrate import upsample
-from .base import PAPER_TIMESTEPS, Baseline, minmax_np, register
+from ..calibrate import renormalize, upsample
+from .base import PAPER_TIMESTEPS, Baseline, register
 
 
 def summed_maps(m) -> torch.Tensor:
@@ -24,7 +24,7 @@ def summed_maps(m) -> torch.Tensor:
 
 
 def heatmaps(m, cfg) -> np.ndarray:
-    return minmax_np(upsample(summed_maps(m), m.image_hw).numpy())
+    return renormalize(upsample(summed_maps(m), m.image_hw)).numpy()
 
 
 DAAM = register(Baseline("DAAM", heatmaps, measure_overrides=dict(layer_weights="uniform", self_attention=False, **PAPER_TIMESTEPS),

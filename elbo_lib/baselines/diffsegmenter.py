@@ -14,17 +14,13 @@ import dataclasses
 
 import numpy as np
 
+from ..ablations import paper_subsets
 from ..aligner import finalize
 from .base import Baseline, register
 
 
 def heatmaps(m, cfg) -> np.ndarray:
-    return finalize(m, dataclasses.replace(cfg, calibrate=False), *_subsets(cfg)).heatmaps
-
-
-def _subsets(cfg):
-    from ..experiments import PAPER_ATT, PAPER_ELBO, is_superset
-    return (PAPER_ELBO, PAPER_ATT) if is_superset(cfg) else (None, None)
+    return finalize(m, dataclasses.replace(cfg, calibrate=False), *paper_subsets(cfg)).heatmaps
 
 
 DIFFSEGMENTER = register(Baseline("DiffSegmenter", heatmaps, elbo=True, notes=__doc__.strip().splitlines()[0]))

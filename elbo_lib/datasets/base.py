@@ -9,7 +9,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-CLASS_DIR = Path(__file__).resolve().parents[2] / "data" / "classes"
+from ..paths import REPO_ROOT
+
+CLASS_DIR = REPO_ROOT / "data" / "classes"
 
 
 @dataclass

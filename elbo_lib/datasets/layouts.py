@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..toy.study import STUDIES, eval_split, study_set
+from ..toy.world import COLOURS, SHAPES
 from .base import Sample, SegmentationDataset, present_ids, read_class_file, read_label, read_rgb
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
@@ -77,32 +79,32 @@ class PascalContext(_VOCStyle):
 
 
 class _GlobbedDataset(_ListedDataset):
-    def __init__(self, image_dir: Path, label_dir: Path, image_ext: str):
+    """<data_root>/<folder>/{images,annotations}/<split>/: every label PNG with its image."""
+
+    folder: str
+    class_file: str
+    split: str
+    image_ext = ".jpg"
+
+    def __init__(self, data_root: str | Path, split: str | None = None):
+        self.class_names = read_class_file(self.class_file)
+        root = Path(data_root) / self.folder
+        image_dir, label_dir = root / "images" / (split or self.split), root / "annotations" / (split or self.split)
         _need_dir(image_dir, self.name)
         _need_dir(label_dir, self.name)
         stems = sorted(p.stem for p in label_dir.glob("*.png"))
         if not stems:
             raise FileNotFoundError(f"{self.name}: no label PNGs in {label_dir}")
-        super().__init__(image_dir, label_dir, stems, image_ext)
+        super().__init__(image_dir, label_dir, stems, self.image_ext)
 
 
 class COCOObject(_GlobbedDataset):
-    name = "coco-object"
-
-    def __init__(self, data_root: str | Path, split: str = "val2017"):
-        self.class_names = read_class_file("coco_object")
-        root = Path(data_root) / "coco_object"
-        super().__init__(root / "images" / split, root / "annotations" / split, ".jpg")
+    name, folder, class_file, split = "coco-object", "coco_object", "coco_object", "val2017"
 
 
 class ADE20K(_GlobbedDataset):
-    name = "ade20k"
+    name, folder, class_file, split = "ade20k", "ADEChallengeData2016", "ade20k", "validation"
     has_background = False
-
-    def __init__(self, data_root: str | Path, split: str = "validation"):
-        self.class_names = read_class_file("ade20k")
-        root = Path(data_root) / "ADEChallengeData2016"
-        super().__init__(root / "images" / split, root / "annotations" / split, ".jpg")
 
 
 class FolderDataset(SegmentationDataset):
@@ -142,10 +144,7 @@ class ToyDataset(SegmentationDataset):
 
     ignore_index = 255
 
-    def __init__(self, name: str = "toy-test", n: int | None = None, cache_dir: Path | None = None,
-                 nouns_only: bool = False):
-        from ..toy.study import STUDIES, eval_split, study_set
-        from ..toy.world import COLOURS, SHAPES
+    def __init__(self, name: str = "toy-test", n: int | None = None, cache_dir: Path | None = None):
         self.name = name
         self.class_names = [f"{c} {s}" for s in SHAPES for c in COLOURS]
         if name.startswith("toy-study-"):
@@ -155,7 +154,6 @@ class ToyDataset(SegmentationDataset):
             self.items = study_set(study, n or 40, cache_dir=cache_dir)
         else:
             self.items = eval_split(name, n or 300, cache_dir=cache_dir)
-        self.nouns_only = nouns_only
 
     @property
     def ids(self) -> list[str]:
@@ -175,8 +173,7 @@ class ToyDataset(SegmentationDataset):
 DATASETS = {"voc": VOC2012, "context": PascalContext, "coco-object": COCOObject, "ade20k": ADE20K}
 
 
-def get_dataset(name: str, data_root: str | Path | None = None, limit: int | None = None,
-                cache_dir: Path | None = None) -> SegmentationDataset:
+def get_dataset(name: str, data_root: str | Path | None = None, cache_dir: Path | None = None) -> SegmentationDataset:
     """A dataset by name: toy splits/studies, the four real datasets (need ``data_root``), or
     ``folder:<path>``."""
     if name.startswith("toy-"):

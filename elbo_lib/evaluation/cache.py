@@ -1,11 +1,12 @@
 """On-disk cache of what the model computed per image (``Measurement``), written atomically.
 
-Layout: ``<root>/measurements/<model key>/<settings key>/<image id>-<input key>.pt``; the input key
-hashes what the model was given for that image (pixels, caption), so a dataset whose images change under
-the same ids (a regenerated toy split, an edited study set) is measured afresh; the model key hashes
-the model's name and, for local directories, its configs and each weight file's size and first and
-last MiB; the settings key
-hashes exactly the fields that change denoiser outputs (plus the seed and ELBO phrase variant).
+Layout: ``<root>/measurements/<model key>/<settings key>/<image id>-<input key>.safetensors``; the input
+key hashes what the model was given for that image (pixels, caption), so a dataset whose images change
+under the same ids (a regenerated toy split, an edited study set) is measured afresh; the model key
+hashes the model's name and, for local directories, its configs and each weight file's size and first
+and last MiB; the settings key hashes exactly the fields that change denoiser outputs (plus the seed and
+ELBO phrase variant). Files are safetensors with the measurement's text fields as JSON metadata:
+no Python object is ever loaded from them, so a file dropped into a shared cache directory cannot run code.
 """
 from __future__ import annotations
 
@@ -16,12 +17,13 @@ import re
 from pathlib import Path
 
 import numpy as np
-import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, safe_open, save_file
 
 from ..aligner import Measurement
+from ..paths import CACHE_DIR, atomic_write, atomic_write_json
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_CACHE_DIR = Path(os.environ.get("ELBO_LIB_CACHE", REPO_ROOT / ".cache" / "elbo_lib"))
+SUFFIX = ".safetensors"
 
 
 def _hash(obj) -> str:
@@ -66,34 +68,41 @@ def input_bytes(image, caption: str) -> bytes:
     return f"{a.shape}|{a.dtype}|{caption}|".encode() + a.tobytes()
 
 
+def save_measurement(m: Measurement, path: str | os.PathLike) -> Path:
+    tensors, meta = m.parts()
+    return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={"measurement": json.dumps(meta)}))
+
+
+def load_measurement(path: str | os.PathLike) -> Measurement:
+    """Read a measurement written by :func:`save_measurement`; anything else is a ValueError naming the file."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = json.loads((f.metadata() or {})["measurement"])
+        return Measurement.from_parts(load_file(str(path)), meta)
+    except (SafetensorError, KeyError, ValueError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path} is not a measurement file written by elbo_lib ({e}); delete it to re-measure") from e
+
+
 class MeasurementCache:
     def __init__(self, root: str | os.PathLike | None, model: str | os.PathLike, settings: dict):
-        self.root = Path(root or DEFAULT_CACHE_DIR)
+        self.root = Path(root or CACHE_DIR)
         self.dir = self.root / "measurements" / model_key(model) / _hash(settings)
         self.settings = settings
 
     def _path(self, image_id: str, inputs: bytes) -> Path:
         stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", image_id)
-        return self.dir / f"{stem}-{hashlib.sha1(inputs).hexdigest()[:12]}.pt"
+        return self.dir / f"{stem}-{hashlib.sha1(inputs).hexdigest()[:12]}{SUFFIX}"
 
     def get(self, image_id: str, inputs: bytes) -> Measurement | None:
         """The cached measurement of ``image_id`` made from exactly ``inputs`` (see ``input_bytes``), if any."""
         p = self._path(image_id, inputs)
-        if not p.exists():
-            return None
-        return Measurement.from_state(torch.load(p, weights_only=False))
+        return load_measurement(p) if p.exists() else None
 
     def put(self, image_id: str, m: Measurement, inputs: bytes) -> None:
-        self.dir.mkdir(parents=True, exist_ok=True)
         settings_file = self.dir / "settings.json"
         if not settings_file.exists():
-            tmp = settings_file.with_name(f".settings.{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(self.settings, indent=2, default=str))
-            os.replace(tmp, settings_file)
-        p = self._path(image_id, inputs)
-        tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
-        torch.save(m.state(), tmp)
-        os.replace(tmp, p)
+            atomic_write_json(settings_file, self.settings, default=str)
+        save_measurement(m, self._path(image_id, inputs))
 
     def __len__(self) -> int:
-        return len(list(self.dir.glob("*.pt"))) if self.dir.exists() else 0
+        return len(list(self.dir.glob(f"*{SUFFIX}"))) if self.dir.exists() else 0

@@ -3,6 +3,7 @@ mIoU over classes including background, threshold search, bootstrap intervals.""
 from __future__ import annotations
 
 import numpy as np
+from scipy import stats
 
 
 def confusion(pred: np.ndarray, label: np.ndarray, n: int, ignore_index: int = 255) -> np.ndarray:
@@ -58,21 +59,24 @@ def best_threshold(inter_tc: np.ndarray, union_tc: np.ndarray, thresholds: np.nd
     return float(thresholds[k]), k, float(scores[k])
 
 
+def bootstrap_over(n: int, statistic, n_boot: int = 1000, seed: int = 0) -> tuple[list[float], np.ndarray]:
+    """95% percentile interval of ``statistic(indices)`` over ``n`` items resampled with replacement
+    (``scipy.stats.bootstrap`` on the item indices), and the bootstrap distribution."""
+    res = stats.bootstrap((np.arange(n),), statistic, n_resamples=n_boot, method="percentile", vectorized=False,
+                          confidence_level=0.95, random_state=np.random.default_rng(seed))
+    ci = res.confidence_interval
+    return [float(ci.low), float(ci.high)], res.bootstrap_distribution
+
+
 def bootstrap_miou(inter_ic: np.ndarray, union_ic: np.ndarray, n_boot: int = 1000, seed: int = 0,
                    inter_b: np.ndarray | None = None, union_b: np.ndarray | None = None) -> dict:
     """95% percentile interval over images (resampled with replacement) of mIoU, and of the paired
-    difference mIoU(a) - mIoU(b) when a second method's per-image (I, U) are given."""
-    rng = np.random.default_rng(seed)
+    difference mIoU(a) - mIoU(b) when a second method's per-image (I, U) are given (same resamples)."""
     n = inter_ic.shape[0]
-    vals, diffs = [], []
-    for _ in range(n_boot):
-        idx = rng.integers(0, n, n)
-        a = miou(inter_ic[idx].sum(0), union_ic[idx].sum(0))
-        vals.append(a)
-        if inter_b is not None:
-            diffs.append(a - miou(inter_b[idx].sum(0), union_b[idx].sum(0)))
-    out = {"ci95": [float(np.nanpercentile(vals, 2.5)), float(np.nanpercentile(vals, 97.5))]}
-    if diffs:
-        out["diff_ci95"] = [float(np.nanpercentile(diffs, 2.5)), float(np.nanpercentile(diffs, 97.5))]
-        out["diff_p_le_0"] = float(np.mean(np.asarray(diffs) <= 0))
+    out = {"ci95": bootstrap_over(n, lambda i: miou(inter_ic[i].sum(0), union_ic[i].sum(0)), n_boot, seed)[0]}
+    if inter_b is not None:
+        ci, diffs = bootstrap_over(n, lambda i: miou(inter_ic[i].sum(0), union_ic[i].sum(0))
+                                   - miou(inter_b[i].sum(0), union_b[i].sum(0)), n_boot, seed)
+        out["diff_ci95"] = ci
+        out["diff_p_le_0"] = float(np.mean(diffs <= 0))
     return out

@@ -18,36 +18,17 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from ..aligner import AlignConfig, Aligner, Measurement, finalize
+from ..ablations import Variant, paper_config, paper_variants
+from ..aligner import PRESETS, AlignConfig, Aligner
+from ..baselines import Baseline, get_baseline
 from ..datasets import SegmentationDataset, get_dataset
+from ..models import load_pipeline
 from ..tokens import default_caption
-from .cache import DEFAULT_CACHE_DIR, MeasurementCache, input_bytes
+from ..paths import CACHE_DIR, atomic_write_json
+from .cache import MeasurementCache, input_bytes
 from .metrics import best_threshold, bootstrap_miou, miou, per_image_iu
 
 THRESHOLDS = np.round(np.arange(0.05, 1.0, 0.05), 2)
-
-
-@dataclass(frozen=True)
-class Variant:
-    """A way to turn a measurement into heatmaps, without any denoiser call."""
-
-    name: str
-    config: AlignConfig
-    elbo_idx: tuple[int, ...] | None = None
-    attention_idx: tuple[int, ...] | None = None
-    heatmaps: object = None  # optional (Measurement, AlignConfig) -> (N, H, W) replacing finalize (baselines)
-
-    def heatmaps_of(self, m: Measurement) -> np.ndarray:
-        if self.heatmaps is not None:
-            return self.heatmaps(m, self.config)
-        return finalize(m, self.config, self.elbo_idx, self.attention_idx).heatmaps
-
-
-def default_variants(cfg: AlignConfig, gammas=()) -> list[Variant]:
-    out = [Variant("uncalibrated", dataclasses.replace(cfg, calibrate=False)),
-           Variant("calibrated", dataclasses.replace(cfg, calibrate=True))]
-    out += [Variant(f"gamma={g:.4g}", dataclasses.replace(cfg, calibrate=True, gamma=float(g))) for g in gammas]
-    return out
 
 
 def _caption(sample, phrases: list[str], cfg: AlignConfig) -> str:
@@ -57,11 +38,13 @@ def _caption(sample, phrases: list[str], cfg: AlignConfig) -> str:
 def measure_dataset(model: str | os.PathLike, dataset: SegmentationDataset, cfg: AlignConfig, seed: int = 0,
                     limit: int | None = None, cache_dir: str | os.PathLike | None = None, pipe=None,
                     nouns_only_elbo: bool = False, desc: str | None = None, device: str | None = None,
-                    measure_fn=None, method: str = "aligner", elbo: bool = True):
+                    baseline: Baseline | None = None):
     """Yield (sample, measurement) for the first ``limit`` images, from the cache where present;
-    the pipeline is loaded only on the first cache miss. ``measure_fn(aligner, image, classes, caption,
-    seed, cfg)`` replaces Aligner.measure (baselines; ``method`` names it in the cache key)."""
+    the pipeline is loaded only on the first cache miss. A ``baseline`` with its own ``measure``
+    replaces Aligner.measure (its ``method`` names it in the cache key, its ``elbo`` says whether the
+    ELBO losses are measured)."""
     settings = {"align": cfg.measurement_key(), "seed": seed, "nouns_only_elbo": nouns_only_elbo}
+    method, elbo = (baseline.method, baseline.elbo) if baseline is not None else ("aligner", True)
     if method != "aligner" or not elbo:
         settings.update(method=method, elbo=elbo)
     cache = MeasurementCache(cache_dir, model, settings)
@@ -77,13 +60,10 @@ def measure_dataset(model: str | os.PathLike, dataset: SegmentationDataset, cfg:
         m = cache.get(sample.id, inputs)
         if m is None or m.classes != phrases:
             if aligner is None:
-                if pipe is None:
-                    from ..models import load_pipeline
-                    pipe = load_pipeline(model, device=device)
-                aligner = Aligner(pipe, cfg)
+                aligner = Aligner(pipe if pipe is not None else load_pipeline(model, device=device), cfg)
             elbo_phrases = [p.split()[-1] for p in phrases] if nouns_only_elbo else None
-            if measure_fn is not None:
-                m = measure_fn(aligner, sample.image, phrases, caption, seed, cfg)
+            if baseline is not None and baseline.measure is not None:
+                m = baseline.measure(aligner, sample.image, phrases, caption, seed, cfg)
             else:
                 m = aligner.measure(sample.image, phrases, caption, seed=seed,
                                     elbo_classes=elbo_phrases, cfg=cfg, elbo=elbo)
@@ -181,36 +161,68 @@ def heldout_default(name: str):
     return "toy-val" if name.startswith("toy-") and name != "toy-val" else ("toy-test" if name == "toy-val" else 0.2)
 
 
+@dataclass(frozen=True)
+class Protocol:
+    """How results are scored: where the background threshold is chosen (``"auto"``: ``toy-val`` for a toy
+    split, else a recorded 20% of the images; a dataset name; a fraction; None: oracle only), the
+    thresholds searched, and the bootstrap resamples."""
+
+    heldout: str | float | None = "auto"
+    thresholds: tuple[float, ...] = tuple(THRESHOLDS.tolist())
+    n_boot: int = 1000
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where measurements come from: the dataset root and image limit, the cache directory, a loaded
+    pipeline or the device to load one on, and the single-noun ELBO prompt variant (Table IV)."""
+
+    data_root: str | None = None
+    limit: int | None = None
+    cache_dir: str | os.PathLike | None = None
+    pipe: object = None
+    device: str | None = None
+    nouns_only_elbo: bool = False
+
+
+def options(**kw) -> dict:
+    """``protocol=`` and ``source=`` for :func:`evaluate` from their fields by name (``limit=3, n_boot=50``)."""
+    fields = {"protocol": Protocol, "source": Source}
+    names = {f.name: group for group, cls in fields.items() for f in dataclasses.fields(cls)}
+    unknown = sorted(set(kw) - set(names))
+    if unknown:
+        raise TypeError(f"unknown evaluation options {unknown}; known: {sorted(names)}")
+    return {group: cls(**{k: v for k, v in kw.items() if names[k] == group}) for group, cls in fields.items()}
+
+
 def evaluate(model: str | os.PathLike = "data/toy-sd", dataset: str | SegmentationDataset = "toy-test",
-             data_root: str | None = None, limit: int | None = None, out: str | os.PathLike | None = None,
-             cache_dir: str | os.PathLike | None = None, config: AlignConfig | None = None, seed: int = 0,
-             gammas=(), variants: list[Variant] | None = None, heldout="auto", thresholds=THRESHOLDS,
-             n_boot: int = 1000, pipe=None, nouns_only_elbo: bool = False, device: str | None = None,
-             baselines=()) -> dict:
+             config: AlignConfig | None = None, variants: list[Variant] | None = None, baselines=(), seed: int = 0,
+             protocol: Protocol = Protocol(), source: Source = Source(), out: str | os.PathLike | None = None) -> dict:
     """Run the protocol; returns the metrics dict (and writes metrics.json, per_class.csv,
     size_buckets.csv, summary.md under ``out``)."""
     t0 = time.time()
-    ds = dataset if isinstance(dataset, SegmentationDataset) else get_dataset(dataset, data_root, cache_dir=None)
+    ds = dataset if isinstance(dataset, SegmentationDataset) else get_dataset(dataset, source.data_root, cache_dir=None)
     if config is None:
-        config = Aligner(pipe).config if pipe is not None else _config_for(model)
-    variants = variants or default_variants(config, gammas)
-    heldout = heldout_default(ds.name) if heldout == "auto" else heldout
+        config = Aligner(source.pipe).config if source.pipe is not None else paper_config(model)
+    variants = variants or paper_variants(config)
+    thresholds = np.asarray(protocol.thresholds)
+    heldout = heldout_default(ds.name) if protocol.heldout == "auto" else protocol.heldout
     # one measurement per method: ELBO-T2IAlign's, then each baseline's (shared where settings coincide)
-    from ..baselines import get_baseline
-    groups = [(config, None, "aligner", True, variants)]
+    groups = [(config, None, variants)]
     for name in baselines:
         b = get_baseline(name)
         bcfg = dataclasses.replace(config, **b.measure_overrides)
-        groups.append((bcfg, b.measure, b.method, b.elbo, [Variant(b.name, bcfg, heatmaps=b.heatmaps)]))
+        groups.append((bcfg, b, [Variant(b.name, bcfg, heatmaps=b.heatmaps)]))
     split_note = {"evaluated": ds.name}
     scored, cal_scored = {}, ({} if heldout else None)
-    cal_ds = get_dataset(heldout, data_root) if isinstance(heldout, str) and heldout else None
-    for gcfg, fn, method, elbo, gvars in groups:
-        kw = dict(cache_dir=cache_dir, pipe=pipe, nouns_only_elbo=nouns_only_elbo, device=device, measure_fn=fn,
-                  method=method, elbo=elbo)
-        eval_pairs = list(measure_dataset(model, ds, gcfg, seed, limit, desc=f"measure {ds.name} [{method}]", **kw))
+    cal_ds = get_dataset(heldout, source.data_root) if isinstance(heldout, str) and heldout else None
+    for gcfg, baseline, gvars in groups:
+        method = baseline.method if baseline is not None else "aligner"
+        kw = dict(cache_dir=source.cache_dir, pipe=source.pipe, nouns_only_elbo=source.nouns_only_elbo,
+                  device=source.device, baseline=baseline)
+        eval_pairs = list(measure_dataset(model, ds, gcfg, seed, source.limit, desc=f"measure {ds.name} [{method}]", **kw))
         if cal_ds is not None:
-            cal_pairs = list(measure_dataset(model, cal_ds, gcfg, seed, limit,
+            cal_pairs = list(measure_dataset(model, cal_ds, gcfg, seed, source.limit,
                                              desc=f"measure {heldout} (threshold split) [{method}]", **kw))
             cal_scored.update(score(cal_pairs, cal_ds, gvars, thresholds))
             split_note["threshold_split"] = heldout
@@ -223,8 +235,8 @@ def evaluate(model: str | os.PathLike = "data/toy-sd", dataset: str | Segmentati
                               calibration_ids=[eval_pairs[i][0].id for i in cal_idx])
             eval_pairs = [eval_pairs[i] for i in ev_idx]
         scored.update(score(eval_pairs, ds, gvars, thresholds))
-    metrics = summarize(scored, cal_scored, ds, thresholds, n_boot, seed)
-    metrics.update(model=str(model), dataset=ds.name, seed=seed, limit=limit, split=split_note,
+    metrics = summarize(scored, cal_scored, ds, thresholds, protocol.n_boot, seed)
+    metrics.update(model=str(model), dataset=ds.name, seed=seed, limit=source.limit, split=split_note,
                    config={k: (v if not callable(v) else repr(v)) for k, v in dataclasses.asdict(config).items()},
                    seconds=round(time.time() - t0, 1))
     if out is not None:
@@ -232,32 +244,26 @@ def evaluate(model: str | os.PathLike = "data/toy-sd", dataset: str | Segmentati
     return metrics
 
 
-def _config_for(model) -> AlignConfig:
-    """The paper's defaults plus the prompt templates a model directory recommends (toy model)."""
-    from ..models import dir_hints
-    return AlignConfig(**dir_hints(model))
-
-
-def summary_table(metrics: dict) -> pd.DataFrame:
+def metrics_table(metrics: dict) -> pd.DataFrame:
+    """One row per variant: oracle and held-out mIoU (with thresholds and CIs) and the paired
+    held-out difference against 'uncalibrated'."""
     rows = []
     for name, e in metrics["variants"].items():
-        row = {"variant": name, "oracle_thr": e["oracle"]["threshold"], "oracle_mIoU": e["oracle"]["miou"],
-               "oracle_CI95": "[{:.3f}, {:.3f}]".format(*e["oracle"]["ci95"])}
+        r = {"variant": name, "oracle_mIoU": e["oracle"]["miou"], "oracle_thr": e["oracle"]["threshold"]}
         if "heldout" in e:
-            row.update(heldout_thr=e["heldout"]["threshold"], heldout_mIoU=e["heldout"]["miou"],
-                       heldout_CI95="[{:.3f}, {:.3f}]".format(*e["heldout"]["ci95"]))
-            if "diff_ci95" in e["heldout"]:
-                row["heldout_minus_uncal"] = e["heldout"]["minus_uncalibrated"]
-                row["diff_CI95"] = "[{:+.3f}, {:+.3f}]".format(*e["heldout"]["diff_ci95"])
-        rows.append(row)
+            h = e["heldout"]
+            r.update(heldout_mIoU=h["miou"], heldout_thr=h["threshold"],
+                     heldout_ci95=f"[{h['ci95'][0]:.3f}, {h['ci95'][1]:.3f}]")
+            if "diff_ci95" in h:
+                r.update(delta_vs_uncal=h["minus_uncalibrated"],
+                         delta_ci95=f"[{h['diff_ci95'][0]:+.3f}, {h['diff_ci95'][1]:+.3f}]")
+        rows.append(r)
     return pd.DataFrame(rows)
 
 
 def write_outputs(metrics: dict, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    tmp = out / ".metrics.json.tmp"
-    tmp.write_text(json.dumps(metrics, indent=2, default=float))
-    os.replace(tmp, out / "metrics.json")
+    atomic_write_json(out / "metrics.json", metrics, default=float)
     per_class = pd.DataFrame({n: e["per_class_iou"] for n, e in metrics["variants"].items()})
     per_class.index.name = "class"
     per_class.to_csv(out / "per_class.csv")
@@ -265,7 +271,7 @@ def write_outputs(metrics: dict, out: Path) -> None:
     for n, e in metrics["variants"].items():
         buckets += [{"variant": n, **b} for b in e.get("size_buckets", [])]
     pd.DataFrame(buckets).to_csv(out / "size_buckets.csv", index=False)
-    table = summary_table(metrics)
+    table = metrics_table(metrics)
     md = [f"# {metrics['dataset']} — {metrics['model']}", "",
           f"{metrics['n_images']} images; threshold split: {metrics['split'].get('threshold_split', 'none')}; "
           f"seed {metrics['seed']}.", "", table.to_markdown(index=False, floatfmt=".3f"), ""]
@@ -273,38 +279,3 @@ def write_outputs(metrics: dict, out: Path) -> None:
         b = pd.DataFrame(buckets).pivot_table(index=["bucket", "area_min", "area_max"], columns="variant", values="iou")
         md += ["## IoU by ground-truth area decile (reported threshold)", "", b.reset_index().to_markdown(index=False, floatfmt=".3f"), ""]
     (out / "summary.md").write_text("\n".join(md))
-
-
-def add_evaluate_parser(sub) -> None:
-    e = sub.add_parser("evaluate", help="zero-shot referring segmentation on a dataset (cached, resumable)")
-    e.add_argument("--model", default="data/toy-sd")
-    e.add_argument("--dataset", default="toy-test")
-    e.add_argument("--data-root", default=None)
-    e.add_argument("--limit", type=int, default=None)
-    e.add_argument("--gamma", type=float, nargs="*", default=[], help="extra gamma values to report")
-    e.add_argument("--heldout", default="auto", help="threshold split: a dataset name, a fraction, or 'none'")
-    e.add_argument("--cache-dir", default=None, help=f"measurement cache (default {DEFAULT_CACHE_DIR})")
-    e.add_argument("--seed", type=int, default=0)
-    e.add_argument("--n-boot", type=int, default=1000)
-    e.add_argument("--elbo-steps", type=int, default=None, help="ELBO timesteps (default: the paper's 20)")
-    e.add_argument("--attention-steps", type=int, default=None, help="attention timesteps (default: the paper's 10)")
-    e.add_argument("--out", required=True)
-    e.set_defaults(func=_evaluate_cmd)
-
-
-def _evaluate_cmd(a) -> int:
-    heldout = a.heldout
-    if heldout == "none":
-        heldout = None
-    elif heldout != "auto":
-        try:
-            heldout = float(heldout)
-        except ValueError:
-            pass
-    cfg = _config_for(a.model)
-    overrides = {k: v for k, v in (("elbo_steps", a.elbo_steps), ("attention_steps", a.attention_steps)) if v is not None}
-    cfg = dataclasses.replace(cfg, **overrides)
-    m = evaluate(a.model, a.dataset, a.data_root, a.limit, a.out, a.cache_dir, config=cfg, seed=a.seed,
-                 gammas=a.gamma, heldout=heldout, n_boot=a.n_boot)
-    print(summary_table(m).to_markdown(index=False, floatfmt=".3f"))
-    return 0

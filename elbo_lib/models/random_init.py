@@ -3,8 +3,6 @@ for tests and benchmarks. Shapes follow diffusers' own tests' ``get_dummy_compon
 SD1.5-shaped UNet (``sd15_random_pipeline``) has the real architecture at 512 px, for timing."""
 from __future__ import annotations
 
-import tempfile
-
 import torch
 from diffusers import (AutoencoderKL, DDIMScheduler, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel,
                        StableDiffusion3Pipeline, StableDiffusionPipeline, StableDiffusionXLPipeline,
@@ -12,10 +10,12 @@ from diffusers import (AutoencoderKL, DDIMScheduler, FlowMatchEulerDiscreteSched
 from transformers import (CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, T5Config, T5EncoderModel,
                           T5TokenizerFast)
 
-from ..toy.tokenizer import build_tokenizer
-from ..toy.world import vocabulary
+from .tokenizer import build_tokenizer
 
-WORDS = vocabulary() + ["cat", "dog", "person", "sky", "tree", "grass", "car", "road", "big", "small", "the"]
+# whole-word tokens of the tiny tokenizers; any other word falls back to characters
+WORDS = ["a", "and", "photo", "of", ",", "red", "green", "blue", "yellow", "purple", "circle", "square", "triangle",
+         "star", "cross", "diamond", "heart", "cat", "dog", "person", "sky", "tree", "grass", "car", "road", "big",
+         "small", "the"]
 
 
 def tiny_clip_tokenizer(max_length: int = 77):
@@ -114,10 +114,3 @@ def sd15_random_pipeline(seed: int = 0) -> StableDiffusionPipeline:
                                    safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
     return pipe
-
-
-def save_and_reload(pipe, cls=None):
-    """Round-trip a pipeline through save_pretrained / from_pretrained (tests of the loading path)."""
-    with tempfile.TemporaryDirectory() as d:
-        pipe.save_pretrained(d)
-        return (cls or type(pipe)).from_pretrained(d)

@@ -28,6 +28,9 @@ import torch
 from tqdm.auto import tqdm
 
 from ..aligner import AlignConfig, Aligner, finalize
+from ..evaluation.metrics import bootstrap_over
+from ..models import load_pipeline
+from ..paths import atomic_write_json
 from .detector import present
 from .study import STUDIES, STUDY_LEVELS, ToyItem, eval_split, in_target_colour, study_set
 from .train import to_tensor
@@ -48,10 +51,8 @@ def paired_drop(df: pd.DataFrame, column: str, n_boot: int = 1000, seed: int = 0
     d = (wide[lo] - wide[hi]).dropna().to_numpy(dtype=float)
     if len(d) == 0:
         raise ValueError(f"no sample has both level {lo} and level {hi}")
-    rng = np.random.default_rng(seed)
-    boot = d[rng.integers(0, len(d), (n_boot, len(d)))].mean(1)
-    return {"mean": float(d.mean()), "ci95": [float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5))],
-            "n": int(len(d))}
+    ci, _ = bootstrap_over(len(d), lambda i: d[i].mean(), n_boot, seed)
+    return {"mean": float(d.mean()), "ci95": ci, "n": int(len(d))}
 
 
 def heatmap_iou(heatmap: np.ndarray, mask: np.ndarray, cut: float = IOU_CUT) -> float:
@@ -168,7 +169,6 @@ def generation_ceiling(vae, n_prompts: int = 120, seed: int = 0, world: WorldCon
 def run_checks(model: str = "data/toy-sd", n_test: int = 300, n_per_level: int = 40, n_prompts: int = 120,
                seed: int = 0, out_dir: str | Path | None = None, guidance: float = 5.0,
                sample_steps: int = 25) -> dict:
-    from ..models import load_pipeline
     t0 = time.time()
     torch.manual_seed(seed)
     pipe = load_pipeline(model, device="cpu")
@@ -274,9 +274,7 @@ def main(argv=None) -> int:
     print(format_report(res))
     if a.json:
         Path(a.json).parent.mkdir(parents=True, exist_ok=True)
-        tmp = a.json + ".tmp"
-        Path(tmp).write_text(json.dumps(res, indent=2))
-        os.replace(tmp, a.json)
+        atomic_write_json(a.json, res)
     return 0 if res["all_gates_pass"] else 1
 
 

@@ -17,11 +17,11 @@ from pathlib import Path
 
 import numpy as np
 
+from ..paths import CACHE_DIR, atomic_write
 from .world import COLOURS, RARE_SHAPE, Scene, ToyObject, WorldConfig, make_caption, render, sample_scene, shape_mask
 
 SPLITS = {"toy-val": 1, "toy-test": 2}
 STUDIES = ("smaller", "occluded", "distractors", "rare")
-DEFAULT_CACHE = Path(os.environ.get("ELBO_LIB_CACHE", Path(__file__).resolve().parents[2] / ".cache" / "elbo_lib"))
 
 
 @dataclass
@@ -50,14 +50,11 @@ def _key(**kw) -> str:
 
 
 def _save_items(path: Path, items: list[ToyItem]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
     meta = [{"id": it.id, "caption": it.caption, "classes": it.classes, "study": it.study, "level": it.level,
              "knob": it.knob, "target": it.target, "objects": [asdict(o) for o in it.scene.objects]} for it in items]
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez_compressed(tmp, images=np.stack([it.scene.image for it in items]),
-                        instances=np.stack([it.scene.instances for it in items]).astype(np.uint8),
-                        meta=np.array(json.dumps(meta)))
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: np.savez_compressed(
+        tmp, images=np.stack([it.scene.image for it in items]),
+        instances=np.stack([it.scene.instances for it in items]).astype(np.uint8), meta=np.array(json.dumps(meta))))
 
 
 def _load_items(path: Path) -> list[ToyItem]:
@@ -70,7 +67,7 @@ def _load_items(path: Path) -> list[ToyItem]:
 
 
 def _cached(name: str, build, cache_dir: Path | None, **key) -> list[ToyItem]:
-    cache_dir = Path(cache_dir or DEFAULT_CACHE) / "toy-data"
+    cache_dir = Path(cache_dir or CACHE_DIR) / "toy-data"
     path = cache_dir / f"{name}-{_key(name=name, **key)}.npz"
     if path.exists():
         return _load_items(path)
@@ -106,7 +103,7 @@ def _companions(rng, target_colour: str, target_shape: str, shapes: list[str], k
     return out
 
 
-def _place_apart(rng, size: int, radii: list[float], fixed: list[tuple[float, float, float]], gap: float = 1.0,
+def place_apart(rng, size: int, radii: list[float], fixed: list[tuple[float, float, float]], gap: float = 1.0,
                  tries: int = 500) -> list[tuple[float, float]]:
     """Centres for ``radii`` that keep every object's bounding circle clear of the others."""
     placed = list(fixed)
@@ -156,7 +153,7 @@ def _study_sample(study: str, i: int, world: WorldConfig, seed: int) -> list[Toy
     t_shape = "circle" if study == "rare" else str(rng.choice(common))
     comps = _companions(rng, t_colour, t_shape, common, k=2)
     r_t, r_c = 11.0, 9.0
-    (tx, ty), (ax, ay), (bx, by) = _place_apart(rng, size, [14.0, r_c, r_c], [], gap=2.0)
+    (tx, ty), (ax, ay), (bx, by) = place_apart(rng, size, [14.0, r_c, r_c], [], gap=2.0)
     tex_seed = int(rng.integers(2**31))
     items = []
     for lvl, knob in enumerate(STUDY_LEVELS[study]):
@@ -169,7 +166,7 @@ def _study_sample(study: str, i: int, world: WorldConfig, seed: int) -> list[Toy
         elif study == "rare":
             objs[0] = ToyObject(t_colour, str(knob), tx, ty, r_t)
         elif study == "occluded" and knob > 0:
-            objs = [target, b, _occluder(target, a, float(knob), size)]
+            objs = [target, b, occluder(target, a, float(knob), size)]
         elif study == "distractors" and knob > 0:
             objs = objs + copies_around(target, a, int(knob), [a, b], size, np.random.default_rng([seed, 99, i]))
         scene = render(objs, size, np.random.default_rng(tex_seed), world.texture)
@@ -228,7 +225,7 @@ def copies_around(target: ToyObject, like: ToyObject, n: int, others: list[ToyOb
     raise ValueError(f"could not place {n} copies of radius >= {min(radii)} px around the target in {size}px")
 
 
-def _occluder(target: ToyObject, other: ToyObject, fraction: float, size: int) -> ToyObject:
+def occluder(target: ToyObject, other: ToyObject, fraction: float, size: int) -> ToyObject:
     """``other`` moved so that it hides about ``fraction`` of the target (drawn on top)."""
     tm = shape_mask(target.shape, target.cx, target.cy, target.r, size)
     area = tm.sum()

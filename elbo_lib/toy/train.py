@@ -17,8 +17,10 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
+import hashlib
 import json
 import os
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,10 +28,14 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from diffusers import StableDiffusionPipeline
+from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
+from ..paths import atomic_write
+
 from .architecture import ToyArchitecture, build_schedulers, build_text_encoder, build_unet, build_vae
-from .tokenizer import build_tokenizer
+from ..models.tokenizer import build_tokenizer
 from .world import WorldConfig, sample_scene, training_caption, vocabulary
 
 
@@ -53,10 +59,15 @@ class TrainConfig:
 
 
 def atomic_save(obj, path: Path) -> None:
-    """torch.save to a temporary file, then rename (never a half-written checkpoint)."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    """torch.save to a temporary file, then rename (never a half-written checkpoint). Only tensors,
+    numbers, strings and containers of them are saved, so :func:`load_checkpoint` can refuse anything else."""
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
+
+
+def load_checkpoint(path: Path, device=None) -> dict:
+    """A checkpoint written by :func:`atomic_save`, read with ``weights_only=True`` (tensors and plain
+    containers only: a crafted file cannot run code)."""
+    return torch.load(path, weights_only=True, map_location=device)
 
 
 def _step_generator(seed: int, stage: int, step: int) -> np.random.Generator:
@@ -93,9 +104,7 @@ def cached_training_set(world: WorldConfig, n: int, seed: int, work_dir: Path) -
             if str(z["key"]) == key:
                 return z["images"], json.loads(str(z["classes"]))
     images, classes = render_training_set(world, n, seed)
-    tmp = work_dir / "scenes.tmp.npz"
-    np.savez_compressed(tmp, images=images, classes=json.dumps(classes), key=key)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: np.savez_compressed(tmp, images=images, classes=json.dumps(classes), key=key))
     return images, classes
 
 
@@ -123,7 +132,6 @@ def _weights_file(path: Path) -> Path:
 
 def _load_exported(module: torch.nn.Module, path: Path) -> None:
     """Load a saved pipeline component's safetensors into ``module``; only non-persistent buffers may be absent."""
-    from safetensors.torch import load_file
     weights = _weights_file(path)
     missing, unexpected = module.load_state_dict(load_file(weights), strict=False)
     buffers = {n for n, _ in module.named_buffers()}
@@ -134,7 +142,6 @@ def _load_exported(module: torch.nn.Module, path: Path) -> None:
 
 def init_source(init_from: str | Path, arch: ToyArchitecture) -> dict:
     """What ``--init-from`` records: the exported pipeline's path, its training history and a hash of its UNet."""
-    import hashlib
     src = Path(init_from)
     tj = src / "training.json"
     if not tj.exists():
@@ -148,26 +155,13 @@ def init_source(init_from: str | Path, arch: ToyArchitecture) -> dict:
             "extensions": meta.get("extensions", []), "vae_seconds": meta.get("train_seconds", {}).get("vae", 0.0)}
 
 
-def train(out_dir: str | Path = "data/toy-sd", work_dir: str | Path = ".cache/toy-train",
-          cfg: TrainConfig = TrainConfig(), world: WorldConfig = WorldConfig(),
-          arch: ToyArchitecture = ToyArchitecture(), export_only: bool = False, extend: bool = False,
-          init_from: str | Path | None = None) -> Path:
-    """Run (or resume) training and save the pipeline; ``export_only`` saves the pipeline from the
-    latest checkpoints without training further; ``extend`` continues a finished run to a larger
-    ``unet_steps`` (the cosine learning-rate schedule then restarts over the new horizon, recorded
-    in training.json); ``init_from`` (a pipeline this trainer saved) starts the VAE, UNet and text encoder
-    from its weights (the VAE stage is skipped; UNet steps count from 0 with a fresh optimiser and
-    schedule), recorded in training.json as ``init_from``."""
-    out_dir, work_dir = Path(out_dir), Path(work_dir)
-    work_dir.mkdir(parents=True, exist_ok=True)
-    torch.set_num_threads(cfg.threads)
-    t_start = time.time()
+def _run_meta(work_dir: Path, cfg: TrainConfig, world: WorldConfig, arch: ToyArchitecture, extend: bool,
+              init_from) -> dict:
+    """What ``work_dir``'s checkpoints were made with (``meta.json``); a different configuration is refused,
+    except a larger ``unet_steps`` with ``extend`` (recorded under ``extensions``)."""
     meta_path = work_dir / "meta.json"
     # threads change no result; a device changes only floating-point rounding, and a run may resume elsewhere
     train_fields = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("threads", "device")}
-    dev = torch.device(cfg.device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {cfg.device!r} asked for, but this torch build sees no CUDA GPU; use --device cpu")
     meta = {"train": train_fields, "world": dataclasses.asdict(world), "arch": arch.to_dict()}
     if init_from is not None:
         meta["init_from"] = init_source(init_from, arch)
@@ -184,25 +178,26 @@ def train(out_dir: str | Path = "data/toy-sd", work_dir: str | Path = ".cache/to
         raise ValueError(f"{work_dir} holds checkpoints of a different configuration; remove it or pick another "
                          "--work-dir (or pass --extend to continue a run to more UNet steps)")
     meta_path.write_text(json.dumps(meta, indent=2))
+    return meta
 
-    tokenizer = build_tokenizer(vocabulary(), model_max_length=arch.max_length)
-    images, scene_classes = cached_training_set(world, cfg.n_scenes, cfg.seed, work_dir)
-    x_all = to_tensor(images)
 
-    # ---- VAE -------------------------------------------------------------------------------
+def train_vae(x_all: torch.Tensor, cfg: TrainConfig, arch: ToyArchitecture, work_dir: Path, dev: torch.device,
+              export_only: bool, init_from, init_seconds: float) -> tuple[torch.nn.Module, float]:
+    """Stage 1: the AutoencoderKL (reconstruction + L1 + small KL), resumable from ``vae.pt``;
+    returns the frozen VAE and its training seconds."""
     torch.manual_seed(cfg.seed)
     vae = build_vae(arch).to(dev)
     vae_opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr)
     vae_ckpt = work_dir / "vae.pt"
-    start, seconds = 0, {"vae": 0.0, "unet": 0.0}
+    start, seconds = 0, 0.0
     if init_from is not None:
         _load_exported(vae, Path(init_from) / "vae")
-        start, seconds["vae"] = cfg.vae_steps, float(meta["init_from"]["vae_seconds"] or 0.0)
+        start, seconds = cfg.vae_steps, init_seconds
     elif vae_ckpt.exists():
-        st = torch.load(vae_ckpt, weights_only=False, map_location=dev)
+        st = load_checkpoint(vae_ckpt, dev)
         vae.load_state_dict(st["model"]); vae_opt.load_state_dict(st["opt"]); start = st["step"]
-        seconds["vae"] = st.get("seconds", 0.0)
-    t_stage = time.time() - seconds["vae"]
+        seconds = st.get("seconds", 0.0)
+    t_stage = time.time() - seconds
     if export_only and start < cfg.vae_steps:
         raise ValueError(f"the VAE has only {start} of {cfg.vae_steps} steps in {vae_ckpt}; nothing to export yet")
     bar = tqdm(range(start, cfg.vae_steps), desc="train VAE", initial=start, total=cfg.vae_steps)
@@ -215,30 +210,35 @@ def train(out_dir: str | Path = "data/toy-sd", work_dir: str | Path = ".cache/to
         rec = vae.decode(post.sample()).sample
         loss = F.mse_loss(rec, x) + 0.5 * F.l1_loss(rec, x) + cfg.kl_weight * post.kl().mean()
         for pg in vae_opt.param_groups:  # cosine decay
-            pg["lr"] = cfg.vae_lr * 0.5 * (1 + np.cos(np.pi * step / cfg.vae_steps))
+            pg["lr"] = float(cfg.vae_lr * 0.5 * (1 + np.cos(np.pi * step / cfg.vae_steps)))
         vae_opt.zero_grad(); loss.backward(); vae_opt.step()
         bar.set_postfix(loss=f"{loss.item():.4f}")
         if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.vae_steps:
-            seconds["vae"] = time.time() - t_stage
+            seconds = time.time() - t_stage
             atomic_save({"model": vae.state_dict(), "opt": vae_opt.state_dict(), "step": step + 1,
-                         "seconds": seconds["vae"]}, vae_ckpt)
-    vae.eval().requires_grad_(False)
+                         "seconds": seconds}, vae_ckpt)
+    return vae.eval().requires_grad_(False), seconds
 
-    # ---- latents ---------------------------------------------------------------------------
+
+def encode_latents(vae: torch.nn.Module, x_all: torch.Tensor, n: int, work_dir: Path, dev: torch.device) -> dict:
+    """Stage 2: posterior means and stds of every training image, cached in ``latents.pt``."""
     lat_path = work_dir / "latents.pt"
     if lat_path.exists():
-        lat = torch.load(lat_path)
-    else:
-        means, stds = [], []
-        for i in tqdm(range(0, cfg.n_scenes, 256), desc="encode latents"):
-            d = vae.encode(x_all[i:i + 256].to(dev)).latent_dist
-            means.append(d.mean.cpu()); stds.append(d.std.cpu())
-        lat = {"mean": torch.cat(means), "std": torch.cat(stds)}
-        atomic_save(lat, lat_path)
-    scaling = float(1.0 / lat["mean"].std())
-    vae.register_to_config(scaling_factor=scaling)
+        return load_checkpoint(lat_path)
+    means, stds = [], []
+    for i in tqdm(range(0, n, 256), desc="encode latents"):
+        d = vae.encode(x_all[i:i + 256].to(dev)).latent_dist
+        means.append(d.mean.cpu()); stds.append(d.std.cpu())
+    lat = {"mean": torch.cat(means), "std": torch.cat(stds)}
+    atomic_save(lat, lat_path)
+    return lat
 
-    # ---- UNet + text encoder ---------------------------------------------------------------
+
+def train_unet(lat_mean: torch.Tensor, scaling: float, scene_classes: list[list[str]], tokenizer, cfg: TrainConfig,
+               world: WorldConfig, arch: ToyArchitecture, work_dir: Path, dev: torch.device, export_only: bool,
+               init_from) -> dict:
+    """Stage 3: UNet and text encoder jointly (eps loss, min-SNR weighting, EMA), resumable from ``unet.pt``.
+    Returns the EMA modules, the schedulers, the steps done, the stage's seconds and the recent losses."""
     torch.manual_seed(cfg.seed + 1)
     unet = build_unet(arch).to(dev)
     text_encoder = build_text_encoder(arch, tokenizer).to(dev)
@@ -250,16 +250,16 @@ def train(out_dir: str | Path = "data/toy-sd", work_dir: str | Path = ".cache/to
     params = list(unet.parameters()) + list(text_encoder.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=1e-2, fused=True)  # fused: 6 ms/step instead of 22 ms
     ckpt = work_dir / "unet.pt"
-    start = 0
+    start, seconds = 0, 0.0
     if ckpt.exists():
-        st = torch.load(ckpt, weights_only=False, map_location=dev)
+        st = load_checkpoint(ckpt, dev)
         unet.load_state_dict(st["unet"]); text_encoder.load_state_dict(st["text"])
         ema_unet.load_state_dict(st["ema_unet"]); ema_text.load_state_dict(st["ema_text"])
         opt.load_state_dict(st["opt"]); start = st["step"]
-        seconds["unet"] = st.get("seconds", 0.0)
-    t_stage = time.time() - seconds["unet"]
+        seconds = st.get("seconds", 0.0)
+    t_stage = time.time() - seconds
     losses = []  # per-step losses, left on the device and read every 50 steps (no per-step GPU sync)
-    lat_mean = lat["mean"].to(dev)
+    lat_mean = lat_mean.to(dev)
     end = start if export_only else cfg.unet_steps
     bar = tqdm(range(start, end), desc="train UNet + text encoder", initial=start, total=cfg.unet_steps)
     for step in bar:
@@ -278,7 +278,7 @@ def train(out_dir: str | Path = "data/toy-sd", work_dir: str | Path = ".cache/to
         loss = eps_loss(pred, eps, t, train_sched.alphas_cumprod, cfg.snr_gamma)
         warm = min(1.0, (step + 1) / 200)
         for pg in opt.param_groups:
-            pg["lr"] = cfg.lr * warm * (0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * step / cfg.unet_steps)))
+            pg["lr"] = float(cfg.lr * warm * (0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * step / cfg.unet_steps))))
         opt.zero_grad(); loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
@@ -288,35 +288,70 @@ def train(out_dir: str | Path = "data/toy-sd", work_dir: str | Path = ".cache/to
         if (step + 1) % 50 == 0:
             bar.set_postfix(loss=f"{torch.stack(losses[-50:]).mean().item():.4f}")
         if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.unet_steps:
-            seconds["unet"] = time.time() - t_stage
+            seconds = time.time() - t_stage
             atomic_save({"unet": unet.state_dict(), "text": text_encoder.state_dict(), "ema_unet": ema_unet.state_dict(),
                          "ema_text": ema_text.state_dict(), "opt": opt.state_dict(), "step": step + 1,
-                         "seconds": seconds["unet"]}, ckpt)
+                         "seconds": seconds}, ckpt)
+    return {"unet": ema_unet, "text_encoder": ema_text, "scheduler": sample_sched, "steps": end,
+            "seconds": seconds, "losses": losses}
 
-    # ---- save the pipeline -----------------------------------------------------------------
-    from diffusers import StableDiffusionPipeline
-    vae, ema_text, ema_unet = vae.cpu(), ema_text.cpu(), ema_unet.cpu()
-    pipe = StableDiffusionPipeline(vae=vae, text_encoder=ema_text, tokenizer=tokenizer, unet=ema_unet,
-                                   scheduler=sample_sched, safety_checker=None, feature_extractor=None,
+
+def export_pipeline(out_dir: Path, vae, stage: dict, tokenizer, training_json: dict) -> Path:
+    """Save a ``StableDiffusionPipeline`` (safetensors) to ``out_dir`` via a temporary directory; the
+    reports next to the weights (quality.json, README.md) move over to the new one."""
+    vae, text_encoder, unet = vae.cpu(), stage["text_encoder"].cpu(), stage["unet"].cpu()
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+                                   scheduler=stage["scheduler"], safety_checker=None, feature_extractor=None,
                                    requires_safety_checker=False)
     tmp_out = out_dir.with_name(out_dir.name + ".tmp")
     pipe.save_pretrained(tmp_out, safe_serialization=True)
-    (tmp_out / "training.json").write_text(json.dumps({
-        **meta, "latent_scaling_factor": scaling, "elapsed_s_this_run": round(time.time() - t_start, 1),
-        "train_seconds": {"vae": round(seconds["vae"], 1),
-                          "unet": round(seconds["unet"], 1)},  # both as of their last checkpoint
-        "unet_steps_done": start if export_only else cfg.unet_steps,
-        "final_loss_mean_last_100": float(torch.stack(losses[-100:]).mean().cpu()) if losses else None,
-        "recommended": {"elbo_template": "a photo of a {}", "caption_template": "a photo of {}"},
-    }, indent=2))
+    (tmp_out / "training.json").write_text(json.dumps(training_json, indent=2))
     if out_dir.exists():
         for keep in ("quality.json", "README.md"):
             if (out_dir / keep).exists():
                 os.replace(out_dir / keep, tmp_out / keep)
-        import shutil
         shutil.rmtree(out_dir)
     os.replace(tmp_out, out_dir)
     return out_dir
+
+
+def train(out_dir: str | Path = "data/toy-sd", work_dir: str | Path = ".cache/toy-train",
+          cfg: TrainConfig = TrainConfig(), world: WorldConfig = WorldConfig(),
+          arch: ToyArchitecture = ToyArchitecture(), export_only: bool = False, extend: bool = False,
+          init_from: str | Path | None = None) -> Path:
+    """Run (or resume) training and save the pipeline; ``export_only`` saves the pipeline from the
+    latest checkpoints without training further; ``extend`` continues a finished run to a larger
+    ``unet_steps`` (the cosine learning-rate schedule then restarts over the new horizon, recorded
+    in training.json); ``init_from`` (a pipeline this trainer saved) starts the VAE, UNet and text encoder
+    from its weights (the VAE stage is skipped; UNet steps count from 0 with a fresh optimiser and
+    schedule), recorded in training.json as ``init_from``."""
+    out_dir, work_dir = Path(out_dir), Path(work_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(cfg.threads)
+    t_start = time.time()
+    dev = torch.device(cfg.device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {cfg.device!r} asked for, but this torch build sees no CUDA GPU; use --device cpu")
+    meta = _run_meta(work_dir, cfg, world, arch, extend, init_from)
+    tokenizer = build_tokenizer(vocabulary(), model_max_length=arch.max_length)
+    images, scene_classes = cached_training_set(world, cfg.n_scenes, cfg.seed, work_dir)
+    x_all = to_tensor(images)
+    vae_seconds = float(meta["init_from"]["vae_seconds"] or 0.0) if init_from is not None else 0.0
+    vae, vae_seconds = train_vae(x_all, cfg, arch, work_dir, dev, export_only, init_from, vae_seconds)
+    lat = encode_latents(vae, x_all, cfg.n_scenes, work_dir, dev)
+    scaling = float(1.0 / lat["mean"].std())
+    vae.register_to_config(scaling_factor=scaling)
+    stage = train_unet(lat["mean"], scaling, scene_classes, tokenizer, cfg, world, arch, work_dir, dev, export_only,
+                       init_from)
+    losses = stage["losses"]
+    return export_pipeline(out_dir, vae, stage, tokenizer, {
+        **meta, "latent_scaling_factor": scaling, "elapsed_s_this_run": round(time.time() - t_start, 1),
+        "train_seconds": {"vae": round(vae_seconds, 1),
+                          "unet": round(stage["seconds"], 1)},  # both as of their last checkpoint
+        "unet_steps_done": stage["steps"],
+        "final_loss_mean_last_100": float(torch.stack(losses[-100:]).mean().cpu()) if losses else None,
+        "recommended": {"elbo_template": "a photo of a {}", "caption_template": "a photo of {}"},
+    })
 
 
 def main(argv=None) -> None:

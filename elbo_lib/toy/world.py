@@ -271,6 +271,16 @@ def vocabulary() -> list[str]:
     return list(FILLER_WORDS) + list(COLOURS) + list(SHAPES)
 
 
+def untrained_words(phrases: list[str]) -> list[str]:
+    """The words of ``phrases`` that no toy caption uses (the toy model never saw them), in order."""
+    known = set(vocabulary())
+    seen: list[str] = []
+    for w in (w for p in phrases for w in p.lower().split()):
+        if w not in known and w not in seen:
+            seen.append(w)
+    return seen
+
+
 def parse_phrase(phrase: str) -> tuple[str | None, str]:
     """'red circle' -> ('red', 'circle'); 'circle' -> (None, 'circle'); unknown words -> ValueError."""
     words = phrase.strip().lower().split()

@@ -9,12 +9,13 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+import ipywidgets as w
 import numpy as np
 
-from .aligner import AlignConfig, Aligner, AlignmentResult, Measurement, finalize
-from .experiments import SUPERSET, attention_subset, elbo_subset, superset_config
-from .toy.study import _occluder, _place_apart, copies_around
-from .toy.world import RARE_SHAPE, Scene, ToyObject, make_caption, render
+from ..ablations import SUPERSET, attention_subset, elbo_subset, superset_config
+from ..aligner import AlignConfig, Aligner, AlignmentResult, Measurement, finalize
+from .study import copies_around, occluder, place_apart
+from .world import RARE_SHAPE, Scene, ToyObject, make_caption, render
 
 
 @dataclass(frozen=True)
@@ -37,12 +38,12 @@ class SceneKnobs:
 def build_scene(k: SceneKnobs, size: int = 64) -> Scene:
     """Target 'red circle' (or 'red heart' when rare) with a blue square and a green triangle."""
     rng = np.random.default_rng([k.seed, 5])
-    (tx, ty), (ax, ay), (bx, by) = _place_apart(rng, size, [14.0, 9.0, 9.0], [], gap=2.0)
+    (tx, ty), (ax, ay), (bx, by) = place_apart(rng, size, [14.0, 9.0, 9.0], [], gap=2.0)
     target = ToyObject("red", RARE_SHAPE if k.rare else "circle", tx, ty, float(k.target_radius))
     a, b = ToyObject("blue", "square", ax, ay, 9.0), ToyObject("green", "triangle", bx, by, 9.0)
     objs = [target, a, b]
     if k.occlusion > 0:
-        objs = [target, b, _occluder(target, a, k.occlusion, size)]
+        objs = [target, b, occluder(target, a, k.occlusion, size)]
     if k.distractors:
         objs += copies_around(target, b, k.distractors, objs[1:], size, np.random.default_rng([k.seed, 6]))
     return render(objs, size, np.random.default_rng(k.seed))
@@ -74,9 +75,48 @@ class ToyExplorer:
         return scene, res
 
 
+@dataclass(frozen=True)
+class Control:
+    """One explorer knob: a float or int range (lo, hi, step), a list of choices, or a switch."""
+
+    name: str
+    default: object
+    range: tuple | None = None
+    choices: tuple | None = None
+
+
+# The explorer's knobs, in the order of ``SceneKnobs`` then ``ToyExplorer.view``; the notebook's
+# sliders are built from this table (``controls``), and the tests check it against both signatures.
+CONTROLS = (
+    Control("target_radius", 11.0, range=(3.0, 16.0, 0.5)),
+    Control("occlusion", 0.0, range=(0.0, 0.8, 0.05)),
+    Control("distractors", 0, range=(0, 8, 1)),
+    Control("rare", False),
+    Control("gamma", 1 / 3, range=(0.1, 1.0, 0.05)),
+    Control("elbo_steps", 20, choices=(1, 2, 4, 5, 10, 20, 25, 50, 100)),
+    Control("elbo_strategy", "even", choices=("even", "random", "small", "middle", "large")),
+    Control("attention_steps", 10, choices=(1, 2, 5, 10)),
+    Control("attention_t_max", 0.2, choices=(0.2, 0.4, 0.6)),
+)
+
+
 def widget_ranges() -> dict:
-    """Slider ranges for the notebook (kept here so they are tested)."""
-    return {"target_radius": (3.0, 16.0, 0.5), "occlusion": (0.0, 0.8, 0.05), "distractors": (0, 8, 1),
-            "gamma": (0.1, 1.0, 0.05), "elbo_steps": [1, 2, 4, 5, 10, 20, 25, 50, 100],
-            "elbo_strategy": ["even", "random", "small", "middle", "large"], "attention_steps": [1, 2, 5, 10],
-            "attention_t_max": [0.2, 0.4, 0.6], "superset": SUPERSET}
+    """Each control's range or choices (and the superset they are cut from)."""
+    return {**{c.name: (c.range or list(c.choices or (False, True))) for c in CONTROLS}, "superset": SUPERSET}
+
+
+def controls() -> dict:
+    """ipywidgets for every control, from :data:`CONTROLS` (for ``ipywidgets.interactive``)."""
+    out = {}
+    for c in CONTROLS:
+        if c.choices is not None:
+            numeric = all(isinstance(v, (int, float)) for v in c.choices)
+            out[c.name] = (w.SelectionSlider if numeric and len(c.choices) > 3 else w.Dropdown)(
+                options=list(c.choices), value=c.default, description=c.name)
+        elif c.range is not None:
+            lo, hi, step = c.range
+            cls = w.IntSlider if isinstance(c.default, int) and not isinstance(c.default, bool) else w.FloatSlider
+            out[c.name] = cls(value=c.default, min=lo, max=hi, step=step, description=c.name)
+        else:
+            out[c.name] = w.Checkbox(value=bool(c.default), description=c.name)
+    return out
