@@ -93,7 +93,7 @@ def main() -> None:
     seed_work_dir(probe)
     t = time.time()
     run(train_cmd(str(probe), "/tmp/probe-out", PROBE_STEPS, 100), min(120, left() - 200), "train.log")
-    st = torch.load(probe / "unet.pt", weights_only=False, map_location="cpu")
+    st = torch.load(probe / "unet.pt", weights_only=True, map_location="cpu")  # plain tensors and numbers only
     s_step = st["seconds"] / st["step"]
     log(f"probe: {st['step']} steps in {st['seconds']:.1f} s ({1000 * s_step:.1f} ms/step at batch {BATCH}); "
         f"probe wall {time.time() - t:.1f} s")
