@@ -88,6 +88,14 @@ def conditions_table(metrics: dict) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def condition_drops_table(metrics: dict) -> pd.DataFrame:
+    """Per study and variant: the target IoU's mean easy-minus-hard drop over the same scenes, with its 95%
+    bootstrap interval (Fig. 1)."""
+    rows = [{"study": s, "variant": name, "drop": d["mean"], "ci95": f"[{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}]",
+             "scenes": d["n"]} for name, e in metrics["variants"].items() for s, d in e.get("condition_drops", {}).items()]
+    return pd.DataFrame(rows)
+
+
 def method_heatmaps(model: str = "data/toy-sd", dataset="toy-test", limit: int | None = None, seed: int = 0,
                     baselines=("DAAM", "DiffSegmenter", "OVAM", "Semantic DiffSeg"), cfg: AlignConfig | None = None,
                     data_root=None):

@@ -175,7 +175,7 @@ def test_heatmap_iou():
 
 def test_paired_drop_interval():
     import pandas as pd
-    from elbo_lib.toy.check import paired_drop
+    from elbo_lib.evaluation.metrics import paired_drop
     rows = [{"id": f"smaller-{i:03d}-{lvl}", "level": lvl, "iou": 0.8 - 0.2 * lvl + 0.01 * i}
             for i in range(10) for lvl in range(3)]
     d = paired_drop(pd.DataFrame(rows), "iou")

@@ -199,3 +199,17 @@ def test_copies_surround_the_target_nested_and_clear():
         copies_around(target, a, 40, [a], 64, rng())
     with pytest.raises(ValueError, match=">= 0"):
         copies_around(target, a, -1, [a], 64, rng())
+
+
+def test_target_colour_study_dataset(tmp_path):
+    """``toy-study-distractors-in-target-colour``: the distractor study recoloured, labelled as its own study."""
+    from elbo_lib.datasets import get_dataset
+    from elbo_lib.datasets.layouts import TARGET_COLOUR_STUDY
+    ds = get_dataset(f"toy-study-{TARGET_COLOUR_STUDY}", cache_dir=tmp_path)
+    plain = get_dataset("toy-study-distractors", cache_dir=tmp_path)
+    s = ds.load(0)
+    assert s.meta["study"] == TARGET_COLOUR_STUDY and plain.load(0).meta["study"] == "distractors"
+    target = s.meta["target"]
+    colour = target.split()[0]
+    assert sum(p.startswith(colour + " ") for p in ds.phrases(s.class_ids)) >= 2  # a copy shares its colour
+    assert 0 < len(ds) <= len(plain)

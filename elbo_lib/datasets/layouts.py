@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..toy.study import STUDIES, eval_split, study_set
+from ..toy.study import STUDIES, eval_split, in_target_colour, study_set
 from ..toy.world import COLOURS, SHAPES
 from .base import Sample, SegmentationDataset, present_ids, read_class_file, read_label, read_rgb
 
@@ -138,6 +138,9 @@ class FolderDataset(SegmentationDataset):
         return Sample(stem, img, lab, present_ids(lab, self.ignore_index), self.captions.get(stem))
 
 
+TARGET_COLOUR_STUDY = "distractors-in-target-colour"  # the distractor study with the copies in the target's colour
+
+
 class ToyDataset(SegmentationDataset):
     """A toy split (``toy-val``, ``toy-test``) or Fig. 1 study set (``toy-study-smaller`` ...), with the
     scene captions; global classes are all colour-shape phrases."""
@@ -146,11 +149,14 @@ class ToyDataset(SegmentationDataset):
 
     def __init__(self, name: str = "toy-test", n: int | None = None, cache_dir: Path | None = None):
         self.name = name
+        self.study_label = TARGET_COLOUR_STUDY if name == f"toy-study-{TARGET_COLOUR_STUDY}" else None
         self.class_names = [f"{c} {s}" for s in SHAPES for c in COLOURS]
-        if name.startswith("toy-study-"):
+        if name == f"toy-study-{TARGET_COLOUR_STUDY}":
+            self.items = in_target_colour(study_set("distractors", n or 40, cache_dir=cache_dir))
+        elif name.startswith("toy-study-"):
             study = name[len("toy-study-"):]
             if study not in STUDIES:
-                raise ValueError(f"unknown toy study {study!r}; choose from {list(STUDIES)}")
+                raise ValueError(f"unknown toy study {study!r}; choose from {list(STUDIES) + [TARGET_COLOUR_STUDY]}")
             self.items = study_set(study, n or 40, cache_dir=cache_dir)
         else:
             self.items = eval_split(name, n or 300, cache_dir=cache_dir)
@@ -165,7 +171,7 @@ class ToyDataset(SegmentationDataset):
         lab = np.zeros(it.image.shape[:2], dtype=np.int64)
         for c in it.classes:
             lab[it.scene.class_mask(c)] = gid[c]
-        meta = {"study": it.study, "level": it.level, "knob": it.knob, "target": it.target}
+        meta = {"study": self.study_label or it.study, "level": it.level, "knob": it.knob, "target": it.target}
         ids = [gid[c] for c in it.classes if (lab == gid[c]).any()]
         return Sample(it.id, it.image, lab, ids, it.caption, meta)  # the caption may name fully hidden objects too
 
@@ -185,4 +191,4 @@ def get_dataset(name: str, data_root: str | Path | None = None, cache_dir: Path 
             raise ValueError(f"dataset {name!r} needs --data-root (the directory holding its usual layout)")
         return DATASETS[name](data_root)
     raise ValueError(f"unknown dataset {name!r}; choose from toy-val, toy-test, toy-study-<smaller|occluded|"
-                     f"distractors|rare>, {', '.join(DATASETS)}, folder:<path>")
+                     f"distractors|rare|{TARGET_COLOUR_STUDY}>, {', '.join(DATASETS)}, folder:<path>")

@@ -3,6 +3,7 @@ mIoU over classes including background, threshold search, bootstrap intervals.""
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 from scipy import stats
 
 
@@ -66,6 +67,19 @@ def bootstrap_over(n: int, statistic, n_boot: int = 1000, seed: int = 0) -> tupl
                           confidence_level=0.95, random_state=np.random.default_rng(seed))
     ci = res.confidence_interval
     return [float(ci.low), float(ci.high)], res.bootstrap_distribution
+
+
+def paired_drop(df: pd.DataFrame, column: str, n_boot: int = 1000, seed: int = 0) -> dict:
+    """Mean per-sample drop of ``column`` from the easiest to the hardest ``level`` of a study (the same scene
+    at both ends: rows' ``id`` is ``<sample>-<level>``), with a 95% bootstrap interval over samples."""
+    lo, hi = df.level.min(), df.level.max()
+    sample = df.id.str.rsplit("-", n=1).str[0]
+    wide = df.assign(sample=sample).pivot_table(index="sample", columns="level", values=column)
+    d = (wide[lo] - wide[hi]).dropna().to_numpy(dtype=float)
+    if len(d) == 0:
+        raise ValueError(f"no sample has both level {lo} and level {hi}")
+    ci, _ = bootstrap_over(len(d), lambda i: d[i].mean(), n_boot, seed)
+    return {"mean": float(d.mean()), "ci95": ci, "n": int(len(d))}
 
 
 def bootstrap_miou(inter_ic: np.ndarray, union_ic: np.ndarray, n_boot: int = 1000, seed: int = 0,

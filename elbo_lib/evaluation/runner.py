@@ -26,7 +26,7 @@ from ..models import load_pipeline
 from ..tokens import default_caption
 from ..paths import CACHE_DIR, atomic_write_json
 from .cache import MeasurementCache, input_bytes
-from .metrics import best_threshold, bootstrap_miou, miou, per_image_iu
+from .metrics import best_threshold, bootstrap_miou, miou, paired_drop, per_image_iu
 
 THRESHOLDS = np.round(np.arange(0.05, 1.0, 0.05), 2)
 
@@ -151,6 +151,8 @@ def summarize(scored: dict[str, Scored], cal_scored: dict[str, Scored] | None, d
             if len(tgt):
                 entry["conditions"] = [{"study": s, "level": int(lv), "knob": float(g.knob.mean()), "n": len(g),
                                         "target_iou": _iou_at(g, k_rep)} for (s, lv), g in tgt.groupby(["study", "level"])]
+                per_target = tgt.assign(id=tgt.image, iou=tgt[f"i_{k_rep}"] / tgt[f"u_{k_rep}"].clip(lower=1))
+                entry["condition_drops"] = {s: paired_drop(g, "iou", n_boot, seed) for s, g in per_target.groupby("study")}
         entry["reported_threshold"] = "heldout" if k_ho is not None else "oracle"
         out["variants"][name] = entry
     out["n_images"] = int(next(iter(scored.values())).inter.shape[0])

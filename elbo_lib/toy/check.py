@@ -28,7 +28,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..aligner import AlignConfig, Aligner, finalize
-from ..evaluation.metrics import bootstrap_over
+from ..evaluation.metrics import paired_drop
 from ..models import load_pipeline
 from ..paths import atomic_write_json
 from .detector import present
@@ -40,19 +40,6 @@ GATES = {"generation_presence": 0.7, "pointing_accuracy": 0.8}
 GATED_STUDIES = ("smaller", "occluded", "rare")  # distractors: reported, not a gate (see module docstring)
 POINTING_CONFIG = dict(calibrate=False, self_attention=False, layer_weights="uniform")
 IOU_CUT = 0.5  # fixed in advance, not tuned: the target's heatmap above half its range counts as the target
-
-
-def paired_drop(df: pd.DataFrame, column: str, n_boot: int = 1000, seed: int = 0) -> dict:
-    """Mean per-sample drop of ``column`` from the easiest to the hardest level of a study (the same scene
-    at both ends), with a 95% bootstrap interval over samples."""
-    lo, hi = df.level.min(), df.level.max()
-    sample = df.id.str.rsplit("-", n=1).str[0]
-    wide = df.assign(sample=sample).pivot_table(index="sample", columns="level", values=column)
-    d = (wide[lo] - wide[hi]).dropna().to_numpy(dtype=float)
-    if len(d) == 0:
-        raise ValueError(f"no sample has both level {lo} and level {hi}")
-    ci, _ = bootstrap_over(len(d), lambda i: d[i].mean(), n_boot, seed)
-    return {"mean": float(d.mean()), "ci95": ci, "n": int(len(d))}
 
 
 def heatmap_iou(heatmap: np.ndarray, mask: np.ndarray, cut: float = IOU_CUT) -> float:
