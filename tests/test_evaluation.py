@@ -15,6 +15,7 @@ from elbo_lib import AlignConfig
 from elbo_lib.datasets import get_dataset
 from elbo_lib.ablations import paper_variants
 from elbo_lib.evaluation import evaluate, options
+from elbo_lib.evaluation.cache import load_measurement, measurement_files
 from elbo_lib.evaluation.metrics import (best_threshold, bootstrap_miou, confusion, intersection_union, miou,
                                          per_image_iu)
 
@@ -135,15 +136,14 @@ def test_kill_and_resume(tmp_path, pipes):
     cache = tmp_path / "cache"
     p = _run_cli(model_dir, data, cache, tmp_path / "out1", env)
     deadline = time.time() + 120
-    while time.time() < deadline and len(list(cache.rglob("*.pt"))) < 5:
+    while time.time() < deadline and len(measurement_files(cache)) < 5:
         time.sleep(0.05)
     p.send_signal(signal.SIGKILL)
     p.wait()
-    n_before = len(list(cache.rglob("*.pt")))
+    n_before = len(measurement_files(cache))
     assert 5 <= n_before < 40, n_before
-    import torch
-    for f in cache.rglob("*.pt"):  # a killed write leaves at most a temp file, never a truncated .pt
-        torch.load(f, weights_only=False)
+    for f in measurement_files(cache):  # a killed write leaves at most a temp file, never a truncated file
+        load_measurement(f)
     assert _run_cli(model_dir, data, cache, tmp_path / "out1", env).wait() == 0
     assert _run_cli(model_dir, data, tmp_path / "cache2", tmp_path / "out2", env).wait() == 0
     m1 = json.loads((tmp_path / "out1" / "metrics.json").read_text())

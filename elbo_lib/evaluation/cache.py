@@ -105,4 +105,9 @@ class MeasurementCache:
         save_measurement(m, self._path(image_id, inputs))
 
     def __len__(self) -> int:
-        return len(list(self.dir.glob(f"*{SUFFIX}"))) if self.dir.exists() else 0
+        return len(measurement_files(self.dir)) if self.dir.exists() else 0
+
+
+def measurement_files(root: str | os.PathLike) -> list[Path]:
+    """The finished measurement files under ``root`` (an interrupted write leaves only a dot-named temporary)."""
+    return [p for p in Path(root).rglob(f"*{SUFFIX}") if not p.name.startswith(".")]

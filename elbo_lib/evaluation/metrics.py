@@ -62,7 +62,11 @@ def best_threshold(inter_tc: np.ndarray, union_tc: np.ndarray, thresholds: np.nd
 
 def bootstrap_over(n: int, statistic, n_boot: int = 1000, seed: int = 0) -> tuple[list[float], np.ndarray]:
     """95% percentile interval of ``statistic(indices)`` over ``n`` items resampled with replacement
-    (``scipy.stats.bootstrap`` on the item indices), and the bootstrap distribution."""
+    (``scipy.stats.bootstrap`` on the item indices), and the bootstrap distribution. One item has no
+    spread to resample: its interval is the point itself."""
+    if n == 1:
+        value = float(statistic(np.arange(1)))
+        return [value, value], np.full(n_boot, value)
     res = stats.bootstrap((np.arange(n),), statistic, n_resamples=n_boot, method="percentile", vectorized=False,
                           confidence_level=0.95, random_state=np.random.default_rng(seed))
     ci = res.confidence_interval
