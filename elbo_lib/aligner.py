@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from . import calibrate as cal
-from .attention import LAYER_WEIGHTS, LayerWeights, aggregate_cross, capture_attention, two_hop_self_attention
+from .attention import LAYER_WEIGHTS, LayerWeights, SelfAttentionAverage, aggregate_cross, capture_attention
 from .elbo import WEIGHTINGS, attention_timesteps, check_finite, class_losses, elbo_timesteps, shared_noise
 from .models import adapter_for, model_hints, to_pil_rgb
 from .models.base import RESIZES
@@ -300,34 +300,16 @@ class Aligner:
 
         self_t = cfg.self_attention_t_max or cfg.attention_t_max
         self_rows = t_att <= self_t + 1e-9  # the attention timesteps the self-attention averages over
-        two_hop = cfg.self_attention and cfg.self_rule == "two_hop"
-        cross_maps, self_sums, seg_counts, seg_hw, start = [], {}, {}, {}, 0
+        rule = cfg.self_rule if cfg.self_attention else None
+        self_avg, cross_maps, start = SelfAttentionAverage(rule, cfg.self_weight), [], 0
         for store in self.attention_passes(x0, caption, t_att, seed, cfg, noise=noise.attention, ad=ad,
-                                           self_attn=cfg.self_attention, segments=two_hop):
-            rows = self_rows[start:start + store.batch]
-            start += len(rows)
-            if two_hop:
-                sums = store.segment_sums
-                seg_counts = dict(store.segment_counts)
-                seg_hw = {k: store.layer_hw(v.shape[-1]) for k, v in sums.items()}
-            elif cfg.self_attention:
-                sums = {0: store.self_attention()}
-            else:
-                sums = {}
-            for k, v in sums.items():
-                v = v[rows].double().sum(0)
-                self_sums[k] = v if k not in self_sums else self_sums[k] + v
-            out_hw = seg_hw[0] if two_hop else (store.layer_hw(max(store.self_sums)) if sums else None)
-            tok = aggregate_cross(store, cfg.layer_weights, out_hw)  # (b, T_tokens, h, w)
+                                           self_attn=cfg.self_attention, segments=rule == "two_hop"):
+            self_avg.add(store, self_rows[start:start + store.batch])
+            start += store.batch
+            tok = aggregate_cross(store, cfg.layer_weights, self_avg.out_hw)  # (b, T_tokens, h, w)
             cross_maps.append(torch.stack([tok[:, p].mean(1) for p in positions], 1))  # (b, N, h, w)
         cross = torch.cat(cross_maps).float().cpu()
-        n_self = int(self_rows.sum())
-        self_attn = None
-        if two_hop:
-            avg = {k: v / n_self for k, v in self_sums.items()}
-            self_attn = two_hop_self_attention(avg, seg_counts, seg_hw, seg_hw[0], cfg.self_weight).float().cpu()
-        elif cfg.self_attention:
-            self_attn = (self_sums[0] / n_self).float().cpu()
+        self_attn = self_avg.result()
 
         if not elbo:
             return Measurement(classes, caption, np.zeros(0), torch.zeros(len(classes), 0), t_att.numpy(), cross,

@@ -401,3 +401,46 @@ def two_hop_self_attention(segment_sums: dict[int, torch.Tensor], segment_counts
         avg = sum(w[s] * up[s] for s in up if w[s]) / den
         result = avg if result is None else avg @ result
     return result
+
+
+class SelfAttentionAverage:
+    """The refinement matrix, accumulated over attention passes: the self-attention of the chosen timesteps
+    summed per resolution segment and combined by :func:`two_hop_self_attention` (``rule="two_hop"``), or the
+    finest layers' average (``"finest"``); ``None`` keeps nothing."""
+
+    def __init__(self, rule: str | None, self_weight=None):
+        self.rule, self.self_weight = rule, self_weight
+        self.sums: dict[int, torch.Tensor] = {}
+        self.counts: dict[int, int] = {}
+        self.hw: dict[int, tuple[int, int]] = {}
+        self.n = 0
+
+    def add(self, store: AttentionStore, rows: torch.Tensor) -> None:
+        """Add the passes' batch rows selected by ``rows`` (a boolean mask over the store's batch)."""
+        if self.rule is None:
+            return
+        if self.rule == "two_hop":
+            parts = store.segment_sums
+            self.counts = dict(store.segment_counts)  # layers per segment: the same in every pass
+        else:
+            parts = {0: store.self_attention()}
+        for k, v in parts.items():
+            self.hw[k] = store.layer_hw(v.shape[-1])
+            v = v[rows].double().sum(0)
+            self.sums[k] = v if k not in self.sums else self.sums[k] + v
+        self.n += int(rows.sum())
+
+    @property
+    def out_hw(self) -> tuple[int, int] | None:
+        """The grid the cross-attention must be aggregated on to be refined (None: no refinement)."""
+        return self.hw.get(0)
+
+    def result(self) -> torch.Tensor | None:
+        if self.rule is None:
+            return None
+        if self.n == 0:
+            raise ValueError("no attention timestep lies within self_attention_t_max")
+        avg = {k: v / self.n for k, v in self.sums.items()}
+        if self.rule == "two_hop":
+            return two_hop_self_attention(avg, self.counts, self.hw, self.hw[0], self.self_weight).float().cpu()
+        return avg[0].float().cpu()
