@@ -17,6 +17,12 @@ from .evaluation.runner import evaluate, measure_dataset, options
 from .evaluation.runner import metrics_table as table  # noqa: F401  (one table builder, used by every notebook)
 from .paths import REPO_ROOT
 
+# what the notebooks use through ``import elbo_lib.experiments as ex`` (the ablations are defined in ablations.py)
+__all__ = ["PAPER_ATT", "PAPER_ELBO", "SUPERSET", "Variant", "attention_subset", "elbo_subset", "is_superset",
+           "paper_config", "paper_subsets", "paper_variants", "superset_config", "variant", "table", "use_repo_root",
+           "output_dir", "DIFFPNG_NOTE", "run", "save_table", "results", "hardest_images", "conditions_table",
+           "condition_drops_table", "method_heatmaps"]
+
 
 def use_repo_root() -> Path:
     """Make relative paths ('data/toy-sd', 'figures') resolve from the repository root, wherever the

@@ -6,9 +6,7 @@ per-class, size-bucket and condition tables.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import json
 import os
 import time
 from dataclasses import dataclass
@@ -19,12 +17,12 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from ..ablations import Variant, paper_config, paper_variants
-from ..aligner import PRESETS, AlignConfig, Aligner
+from ..aligner import AlignConfig, Aligner
 from ..baselines import Baseline, get_baseline
 from ..datasets import SegmentationDataset, get_dataset
 from ..models import load_pipeline
 from ..tokens import default_caption
-from ..paths import CACHE_DIR, atomic_write_json
+from ..paths import atomic_write_json
 from .cache import MeasurementCache, input_bytes
 from .metrics import best_threshold, bootstrap_miou, miou, paired_drop, per_image_iu
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from pathlib import Path
 
@@ -27,7 +26,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from ..aligner import AlignConfig, Aligner, finalize
+from ..aligner import Aligner, finalize
 from ..evaluation.metrics import paired_drop
 from ..models import load_pipeline
 from ..paths import atomic_write_json

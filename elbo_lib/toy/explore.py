@@ -13,7 +13,7 @@ import ipywidgets as w
 import numpy as np
 
 from ..ablations import SUPERSET, attention_subset, elbo_subset, superset_config
-from ..aligner import AlignConfig, Aligner, AlignmentResult, Measurement, finalize
+from ..aligner import Aligner, AlignmentResult, Measurement, finalize
 from .study import copies_around, occluder, place_apart
 from .world import RARE_SHAPE, Scene, ToyObject, make_caption, render
 
