@@ -354,7 +354,6 @@ class Aligner:
             with capture_attention(ad.denoiser, latent_hw, joint=ad.joint_attention, **capture_kw) as store:
                 out = ad.predict(z_att[sl].to(ad.dtype), t_att[sl], cond_cap.index(torch.zeros(nb, dtype=torch.long)))
             check_finite(out, "denoiser output")
-            store.batch = nb
             yield store
 
 def _check_classes(classes) -> list[str]:

@@ -39,7 +39,6 @@ class AttentionStore:
     """
 
     latent_hw: tuple[int, int]
-    batch: int = 0                 # timesteps in the pass (set by the caller)
     cross: dict[str, torch.Tensor] = field(default_factory=dict)
     self_sums: dict[int, torch.Tensor] = field(default_factory=dict)
     self_counts: dict[int, int] = field(default_factory=dict)
@@ -51,6 +50,14 @@ class AttentionStore:
     segment_of: dict[str, int] = field(default_factory=dict)
     segment_sums: dict[int, torch.Tensor] = field(default_factory=dict)
     segment_counts: dict[int, int] = field(default_factory=dict)
+
+    @property
+    def batch(self) -> int:
+        """The batch size of the captured pass(es) (every captured map has it as its first axis)."""
+        for maps in (self.cross, self.segment_sums, self.self_sums):
+            if maps:
+                return next(iter(maps.values())).shape[0]
+        raise ValueError("nothing was captured")
 
     def add_self(self, probs_bqk: torch.Tensor, name: str = "") -> None:
         n = probs_bqk.shape[-1]

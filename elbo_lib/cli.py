@@ -12,11 +12,12 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from .ablations import paper_config, paper_variants
 from .aligner import PRESETS, Aligner
 from .baselines import NotRunnable
+from .datasets.base import read_rgb
 from .elbo import NonFiniteError
 from .evaluation.runner import Protocol, Source, evaluate, metrics_table
 from .models import load_pipeline
@@ -25,20 +26,6 @@ from .plotting import mask_rgb, overlay, result_figure
 from .toy.world import untrained_words
 
 USAGE_ERRORS = (ValueError, TypeError, FileNotFoundError, NotADirectoryError, NotRunnable, NonFiniteError)
-
-
-def read_image(path: str | Path) -> Image.Image:
-    """An RGB image from ``path``; a missing, truncated or non-image file is a ValueError saying which."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no image file at {path}")
-    try:
-        with Image.open(path) as im:
-            return im.convert("RGB")
-    except UnidentifiedImageError as e:
-        raise ValueError(f"{path} is not an image PIL can read (PNG, JPEG, ...)") from e
-    except OSError as e:
-        raise ValueError(f"{path} is corrupt or truncated: {e}") from e
 
 
 def warn_untrained(model: str, phrases: list[str]) -> None:
@@ -55,15 +42,14 @@ def _segment(a) -> int:
     classes = [c.strip() for c in a.classes.split(",") if c.strip()]
     if not classes:
         raise ValueError("--classes must name at least one class, comma-separated")
-    image = read_image(a.image)
+    rgb = read_rgb(a.image)
     warn_untrained(a.model, classes)
     pipe = load_pipeline(a.model, device=a.device)
     overrides = {"gamma": a.gamma} if a.gamma is not None else {}
     aligner = Aligner(pipe, preset=a.preset, **overrides)
-    res = aligner(image, classes, caption=a.caption, seed=a.seed)
+    res = aligner(rgb, classes, caption=a.caption, seed=a.seed)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    rgb = np.asarray(image)
     for i, c in enumerate(classes):
         slug = "".join(ch if ch.isalnum() else "_" for ch in c)
         Image.fromarray((res.heatmaps[i] * 255).round().astype(np.uint8)).save(out / f"heatmap_{i:02d}_{slug}.png")

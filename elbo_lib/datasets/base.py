@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from ..paths import REPO_ROOT
 
@@ -62,14 +62,18 @@ def read_class_file(name: str, synonyms: bool = True) -> list[str]:
     return names
 
 
-def read_rgb(path: Path) -> np.ndarray:
-    if not path.exists():
-        raise FileNotFoundError(f"missing image file {path}")
+def read_rgb(path: str | Path) -> np.ndarray:
+    """(H, W, 3) uint8 from an image file; a missing, non-image or truncated file is an error saying which."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no image file at {path}")
     try:
         with Image.open(path) as im:
             return np.asarray(im.convert("RGB"))
-    except Exception as e:  # PIL raises several types for corrupt files
-        raise ValueError(f"cannot read image {path}: {e}") from e
+    except UnidentifiedImageError as e:
+        raise ValueError(f"{path} is not an image PIL can read (PNG, JPEG, ...)") from e
+    except Exception as e:  # PIL raises OSError and others for corrupt files
+        raise ValueError(f"{path} is corrupt or truncated: {e}") from e
 
 
 def read_label(path: Path, n_classes: int, ignore_index: int, offset: int = 0) -> np.ndarray:
