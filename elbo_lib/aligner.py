@@ -225,6 +225,9 @@ def finalize(m: Measurement, cfg: AlignConfig, elbo_idx=None, attention_idx=None
         raise ValueError("empty attention timestep subset")
     if elbo.shape[1] == 0 and cfg.calibrate and cfg.fixed_score is None:
         raise ValueError("no ELBO timesteps: measure with elbo=True, or finalize with calibrate=False or a fixed_score")
+    if cfg.calibrate and cfg.fixed_score is None and torch.isnan(torch.as_tensor(elbo)).any():
+        raise ValueError("the ELBO was not measured at some of the selected timesteps (NaN losses); select the "
+                         "timesteps it was measured at (elbo_idx)")
     maps = cross.float().mean(0)  # (N, h, w), float32 as the authors' (see calibrate.refine_with_self_attention)
     n = maps.shape[0]
     if not cfg.calibrate:
@@ -319,6 +322,31 @@ class Aligner:
         cond_cls = ad.encode_text([cfg.elbo_template.format(c) for c in elbo_classes])
         losses = class_losses(ad, x0, cond_cls, t_elbo, noise.elbo, cfg.weighting, cfg.batch_size, progress)
         return Measurement(classes, caption, t_elbo_np, losses.cpu(), t_att.numpy(), cross, self_attn, image_hw)
+
+    @torch.no_grad()
+    def elbo_losses(self, image, elbo_classes: list[str], seed: int = 0, cfg: AlignConfig | None = None,
+                    elbo_idx=None) -> torch.Tensor:
+        """Alg. 1 line 3 alone: (N, T_e) losses of ``elbo_classes`` at the configured ELBO timesteps, with the
+        noise :meth:`measure` draws for ``seed``; with ``elbo_idx`` only those timesteps are computed and the
+        others are NaN (a paired ELBO for other phrases on an existing measurement, at a fraction of its cost)."""
+        cfg = cfg or self.config
+        if not elbo_classes or any(not str(c).strip() for c in elbo_classes):
+            raise ValueError("ELBO phrases must be a non-empty list of non-empty phrases")
+        ad = self.adapter.configured(cfg.flow_shift)
+        x0, _ = self.encode(image, cfg)
+        t_all = elbo_timesteps(cfg.elbo_steps, cfg.elbo_strategy, seed)
+        n_att = len(attention_timesteps(cfg.attention_steps, cfg.attention_t_max))
+        noise = Noise.draw(x0.shape[1:], n_att, len(t_all), seed, cfg.noise).checked(tuple(x0.shape[1:]), n_att,
+                                                                                     len(t_all), ad.device)
+        idx = list(range(len(t_all))) if elbo_idx is None else [int(i) for i in elbo_idx]
+        if not idx or min(idx) < 0 or max(idx) >= len(t_all):
+            raise ValueError(f"elbo_idx must index the {len(t_all)} configured ELBO timesteps, got {idx}")
+        cond = ad.encode_text([cfg.elbo_template.format(c) for c in elbo_classes])
+        sub = class_losses(ad, x0, cond, torch.as_tensor(t_all[idx], dtype=torch.float64), noise.elbo[idx],
+                           cfg.weighting, cfg.batch_size, False).cpu()
+        out = torch.full((len(elbo_classes), len(t_all)), float("nan"), dtype=sub.dtype)
+        out[:, idx] = sub
+        return out
 
     def encode(self, image, cfg: AlignConfig, latent: torch.Tensor | None = None) -> tuple[torch.Tensor, tuple[int, int]]:
         """Alg. 1 line 1: image -> latent x0 (1, C, h, w), and the input size (H, W); a given ``latent``

@@ -17,16 +17,30 @@ import torch
 import torch.nn.functional as F
 
 
-def _explicit_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                        mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Eq. 3 with the probabilities materialised: returns (out (B,H,Nq,d), probs (B,H,Nq,Nk))."""
+def attention_probs(query: torch.Tensor, key: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Eq. 3, A = softmax(Q K^T / sqrt(d)), in float32: (B, H, Nq, Nk)."""
     scale = 1.0 / math.sqrt(query.shape[-1])
     scores = torch.matmul(query.float(), key.float().transpose(-1, -2)) * scale
     if mask is not None:
         scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask.float()
-    probs = scores.softmax(dim=-1)
-    out = torch.matmul(probs.to(value.dtype), value)
-    return out, probs
+    return scores.softmax(dim=-1)
+
+
+def _explicit_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                        mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eq. 3 with the probabilities materialised: returns (out (B,H,Nq,d), probs (B,H,Nq,Nk))."""
+    probs = attention_probs(query, key, mask)
+    return torch.matmul(probs.to(value.dtype), value), probs
+
+
+def grid_hw(latent_hw: tuple[int, int], n_tokens: int) -> tuple[int, int]:
+    """Spatial size of a layer with n_tokens queries (same aspect ratio as the latent grid)."""
+    h, w = latent_hw
+    f = math.sqrt(h * w / n_tokens)
+    hl, wl = round(h / f), round(w / f)
+    if hl * wl != n_tokens:
+        raise ValueError(f"cannot map {n_tokens} attention queries onto a {h}x{w} latent grid")
+    return hl, wl
 
 
 @dataclass
@@ -92,13 +106,7 @@ class AttentionStore:
         self.segment_counts[seg] = self.segment_counts.get(seg, 0) + 1
 
     def layer_hw(self, n_tokens: int) -> tuple[int, int]:
-        """Spatial size of a layer with n_tokens queries (same aspect ratio as the latent)."""
-        h, w = self.latent_hw
-        f = math.sqrt(h * w / n_tokens)
-        hl, wl = round(h / f), round(w / f)
-        if hl * wl != n_tokens:
-            raise ValueError(f"cannot map {n_tokens} attention queries onto a {h}x{w} latent grid")
-        return hl, wl
+        return grid_hw(self.latent_hw, n_tokens)
 
     def self_attention(self) -> torch.Tensor:
         """(B, Nq, Nq) self-attention averaged over the captured layers of the finest resolution."""
@@ -108,14 +116,13 @@ class AttentionStore:
         return self.self_sums[n] / self.self_counts[n]
 
 
-class CaptureProcessor:
-    """Same computation as diffusers' AttnProcessor2_0, with the probabilities kept.
+class UNetAttentionProcessor:
+    """Same computation as diffusers' AttnProcessor2_0, with the probabilities materialised. Subclasses see
+    (and may replace) them in :meth:`on_probs` before they weight the values."""
 
-    Records cross-attention (encoder_hidden_states given) when ``cross`` is set, and
-    self-attention when ``self_attn`` is set and the layer is at the finest resolution."""
-
-    def __init__(self, store: AttentionStore, name: str, cross: bool, self_attn: bool):
-        self.store, self.name, self.cross, self.self_attn = store, name, cross, self_attn
+    def on_probs(self, probs: torch.Tensor, is_cross: bool, attn, query: torch.Tensor) -> torch.Tensor:
+        """probs (B, heads, Nq, Nk) -> the probabilities the layer uses."""
+        return probs
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, *args, **kwargs):
         residual = hidden_states
@@ -147,13 +154,8 @@ class CaptureProcessor:
             query = attn.norm_q(query)
         if attn.norm_k is not None:
             key = attn.norm_k(key)
-        out, probs = _explicit_attention(query, key, value, attention_mask)
-        if is_cross and self.cross:
-            self.store.cross[self.name] = probs.mean(dim=1)
-            if self.store.keep_queries:
-                self.store.queries[self.name], self.store.modules[self.name] = query.detach(), attn
-        elif not is_cross and self.self_attn:
-            self.store.add_self(probs.mean(dim=1), self.name)
+        probs = self.on_probs(attention_probs(query, key, attention_mask), is_cross, attn, query)
+        out = torch.matmul(probs.to(value.dtype), value)
         hidden_states = out.transpose(1, 2).reshape(batch_size, -1, attn.heads * head_dim).to(query.dtype)
         hidden_states = attn.to_out[0](hidden_states)
         hidden_states = attn.to_out[1](hidden_states)
@@ -162,6 +164,23 @@ class CaptureProcessor:
         if attn.residual_connection:
             hidden_states = hidden_states + residual
         return hidden_states / attn.rescale_output_factor
+
+
+class CaptureProcessor(UNetAttentionProcessor):
+    """Records cross-attention (encoder_hidden_states given) when ``cross`` is set, and self-attention when
+    ``self_attn`` is set, averaged over heads."""
+
+    def __init__(self, store: AttentionStore, name: str, cross: bool, self_attn: bool):
+        self.store, self.name, self.cross, self.self_attn = store, name, cross, self_attn
+
+    def on_probs(self, probs, is_cross, attn, query):
+        if is_cross and self.cross:
+            self.store.cross[self.name] = probs.mean(dim=1)
+            if self.store.keep_queries:
+                self.store.queries[self.name], self.store.modules[self.name] = query.detach(), attn
+        elif not is_cross and self.self_attn:
+            self.store.add_self(probs.mean(dim=1), self.name)
+        return probs
 
 
 class JointCaptureProcessor:

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from ..ablations import Variant, paper_config, paper_variants
+from ..ablations import Variant, paper_config, paper_subsets, paper_variants
 from ..aligner import AlignConfig, Aligner
 from ..baselines import Baseline, get_baseline
 from ..datasets import SegmentationDataset, get_dataset
@@ -41,11 +41,18 @@ def measure_dataset(model: str | os.PathLike, dataset: SegmentationDataset, cfg:
     the pipeline is loaded only on the first cache miss. A ``baseline`` with its own ``measure``
     replaces Aligner.measure (its ``method`` names it in the cache key, its ``elbo`` says whether the
     ELBO losses are measured)."""
-    settings = {"align": cfg.measurement_key(), "seed": seed, "nouns_only_elbo": nouns_only_elbo}
+    settings = {"align": cfg.measurement_key(), "seed": seed, "nouns_only_elbo": False}
     method, elbo = (baseline.method, baseline.elbo) if baseline is not None else ("aligner", True)
     if method != "aligner" or not elbo:
         settings.update(method=method, elbo=elbo)
     cache = MeasurementCache(cache_dir, model, settings)
+    noun_idx, noun_cache = None, None
+    if nouns_only_elbo:  # the noun-phrase measurement with the single nouns' ELBO at the paper's timesteps
+        if baseline is not None:
+            raise ValueError("nouns_only_elbo applies to ELBO-T2IAlign's measurement, not to a baseline's")
+        noun_idx, _ = paper_subsets(cfg)
+        noun_cache = MeasurementCache(cache_dir, model, {**settings, "nouns_only_elbo": True,
+                                                         "elbo_idx": None if noun_idx is None else list(noun_idx)})
     aligner = None
     n = len(dataset) if limit is None else min(limit, len(dataset))
     for i in tqdm(range(n), desc=desc or f"measure {dataset.name}"):
@@ -55,17 +62,24 @@ def measure_dataset(model: str | os.PathLike, dataset: SegmentationDataset, cfg:
         phrases = dataset.phrases(sample.class_ids)
         caption = _caption(sample, phrases, cfg)
         inputs = input_bytes(sample.image, caption)
+        m = noun_cache.get(sample.id, inputs) if noun_cache is not None else None
+        if m is not None and m.classes == phrases:
+            yield sample, m
+            continue
         m = cache.get(sample.id, inputs)
-        if m is None or m.classes != phrases:
+        if m is None or m.classes != phrases or noun_cache is not None:
             if aligner is None:
                 aligner = Aligner(pipe if pipe is not None else load_pipeline(model, device=device), cfg)
-            elbo_phrases = [p.split()[-1] for p in phrases] if nouns_only_elbo else None
+        if m is None or m.classes != phrases:
             if baseline is not None and baseline.measure is not None:
                 m = baseline.measure(aligner, sample.image, phrases, caption, seed, cfg)
             else:
-                m = aligner.measure(sample.image, phrases, caption, seed=seed,
-                                    elbo_classes=elbo_phrases, cfg=cfg, elbo=elbo)
+                m = aligner.measure(sample.image, phrases, caption, seed=seed, cfg=cfg, elbo=elbo)
             cache.put(sample.id, m, inputs)
+        if noun_cache is not None:
+            losses = aligner.elbo_losses(sample.image, [p.split()[-1] for p in phrases], seed, cfg, noun_idx)
+            m = dataclasses.replace(m, elbo=losses)
+            noun_cache.put(sample.id, m, inputs)
         yield sample, m
 
 
@@ -218,8 +232,8 @@ def evaluate(model: str | os.PathLike = "data/toy-sd", dataset: str | Segmentati
     cal_ds = get_dataset(heldout, source.data_root) if isinstance(heldout, str) and heldout else None
     for gcfg, baseline, gvars in groups:
         method = baseline.method if baseline is not None else "aligner"
-        kw = dict(cache_dir=source.cache_dir, pipe=source.pipe, nouns_only_elbo=source.nouns_only_elbo,
-                  device=source.device, baseline=baseline)
+        kw = dict(cache_dir=source.cache_dir, pipe=source.pipe, device=source.device, baseline=baseline,
+                  nouns_only_elbo=source.nouns_only_elbo and baseline is None)  # baselines use no ELBO phrases
         eval_pairs = list(measure_dataset(model, ds, gcfg, seed, source.limit, desc=f"measure {ds.name} [{method}]", **kw))
         if cal_ds is not None:
             cal_pairs = list(measure_dataset(model, cal_ds, gcfg, seed, source.limit,

@@ -2,7 +2,7 @@
 components, and shape classification by template IoU against the renderer's own shapes."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from scipy import ndimage
@@ -18,6 +18,7 @@ class Detection:
     iou: float  # template fit of the best shape
     cx: float
     cy: float
+    mask: np.ndarray | None = field(default=None, compare=False, repr=False)  # (H, W) bool pixels of the component
 
     @property
     def phrase(self) -> str:
@@ -77,11 +78,22 @@ def detect(image: np.ndarray, min_area: int = 10) -> list[Detection]:
             if area < min_area:
                 continue
             shape, iou, cx, cy = classify_shape(m)
-            out.append(Detection(name, shape, area, iou, cx, cy))
+            out.append(Detection(name, shape, area, iou, cx, cy, m))
     return sorted(out, key=lambda d: -d.area)
 
 
-def present(image: np.ndarray, objects: list[tuple[str | None, str]], min_iou: float = 0.5) -> bool:
+MIN_IOU = 0.5  # template fit below which a component is not called a shape
+
+
+def find(dets: list[Detection], colour: str | None, shape: str | None, min_iou: float = MIN_IOU) -> Detection | None:
+    """The largest detection of ``shape`` (any shape when None) in ``colour`` (any colour when None)."""
+    for d in dets:  # largest first
+        if d.iou >= min_iou and (shape is None or d.shape == shape) and (colour is None or d.colour == colour):
+            return d
+    return None
+
+
+def present(image: np.ndarray, objects: list[tuple[str | None, str]], min_iou: float = MIN_IOU) -> bool:
     """True when every (colour or None, shape) in ``objects`` is detected with template IoU >= min_iou."""
-    dets = [d for d in detect(image) if d.iou >= min_iou]
-    return all(any(d.shape == s and (c is None or d.colour == c) for d in dets) for c, s in objects)
+    dets = detect(image)
+    return all(find(dets, c, s, min_iou) is not None for c, s in objects)
