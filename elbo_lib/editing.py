@@ -20,7 +20,8 @@ use the scaled heatmaps to replace the target text cross-attention"):
    probabilities are then renormalised to sum to one. Other tokens (BOS, "a", "and", padding) keep the
    source's attention. Self-attention is replaced as in step 2.
    The same replacement with Algorithm 1's uncalibrated heatmaps (``"uncalibrated"``) separates what the
-   calibration does from what replacing attention by heatmaps does.
+   calibration does from what replacing attention by heatmaps does; ``"calibrated (mass)"`` (a project
+   option) scales each heatmap to the source column's total instead of its range (see :func:`scaled_heatmaps`).
 
 P2P's local blending and attention re-weighting are not part of the paper's comparison and are not built.
 Joint-attention (MMDiT) models are refused by name: there the text and image tokens share one attention.
@@ -45,7 +46,8 @@ from .tokens import token_positions
 CROSS_REPLACE = 0.8      # P2P's word-swap defaults: fraction of steps with replaced cross-attention
 SELF_REPLACE = 0.4       # ... and with replaced self-attention
 SELF_MAX_QUERIES = 16 * 16  # P2P replaces self-attention only in layers this small
-ARMS = ("p2p", "uncalibrated", "calibrated")
+ARMS = ("p2p", "uncalibrated", "calibrated", "calibrated (mass)")
+HEATMAP_OF_ARM = {"uncalibrated": "uncalibrated", "calibrated": "calibrated", "calibrated (mass)": "calibrated"}
 
 
 @dataclass(frozen=True)
@@ -89,15 +91,26 @@ def check_edit(tokenizer, e: Edit) -> list[list[int]]:
     return [token_positions(tokenizer, e.source, c) for c in e.entities]
 
 
-def scaled_heatmaps(src: torch.Tensor, maps: torch.Tensor, columns: list[list[int]]) -> torch.Tensor:
+SCALINGS = ("range", "mass")
+
+
+def scaled_heatmaps(src: torch.Tensor, maps: torch.Tensor, columns: list[list[int]], scaling: str = "range") -> torch.Tensor:
     """Replace entity columns of source cross-attention src (heads, Q, K) by maps (N, Q) in [0, 1] scaled to
-    each column's range over the queries, then renormalise each query's row to sum to one."""
+    the source column: ``"range"`` (our reading of the paper): min + map (max - min) over the queries, then each
+    query's row renormalised to sum to one; ``"mass"`` (a project option): map x (column sum / map sum), the
+    token's total attention kept and only moved in space (rows are renormalised too)."""
+    if scaling not in SCALINGS:
+        raise ValueError(f"heatmap scaling must be one of {SCALINGS}, got {scaling!r}")
     out = src.clone()
     for i, cols in enumerate(columns):
+        m = maps[i][None, :].to(src.dtype)
         for c in cols:
             col = src[:, :, c]
-            lo, hi = col.min(-1, keepdim=True).values, col.max(-1, keepdim=True).values
-            out[:, :, c] = lo + maps[i][None, :].to(src.dtype) * (hi - lo)
+            if scaling == "range":
+                lo, hi = col.min(-1, keepdim=True).values, col.max(-1, keepdim=True).values
+                out[:, :, c] = lo + m * (hi - lo)
+            else:
+                out[:, :, c] = m * (col.sum(-1, keepdim=True) / m.sum(-1, keepdim=True).clamp_min(1e-12))
     return out / out.sum(-1, keepdim=True)
 
 
@@ -151,7 +164,9 @@ class ReplaceProcessor(UNetAttentionProcessor):
                 probs[rows] = src
                 continue
             maps = st.maps_at(arm, probs.shape[2])
-            probs[rows] = torch.stack([scaled_heatmaps(src[e], maps[e], st.columns[e]) for e in range(st.n_edits)])
+            scaling = "mass" if arm.endswith("(mass)") else "range"
+            probs[rows] = torch.stack([scaled_heatmaps(src[e], maps[e], st.columns[e], scaling)
+                                       for e in range(st.n_edits)])
         return probs
 
 
@@ -245,7 +260,7 @@ def edit(pipe, edits: list[Edit], arms: tuple[str, ...] = ARMS, steps: int = DEF
             b = edits[s:s + batch_size]
             n = len(b)
             state = _ReplaceState(len(pairs), n, arms, columns[s:s + n],
-                                  {a: [torch.from_numpy(h) for h in maps[a][s:s + n]] for a in arms if a != "p2p"}, latent_hw,
+                                  {a: [torch.from_numpy(h) for h in maps[HEATMAP_OF_ARM[a]][s:s + n]] for a in arms if a != "p2p"}, latent_hw,
                                   cross_replace, self_replace)
             den.set_attn_processor({name: ReplaceProcessor(state, name) for name in original})
             src_cond = adapter.encode_text([e.source for e in b])
@@ -273,4 +288,5 @@ def edit(pipe, edits: list[Edit], arms: tuple[str, ...] = ARMS, steps: int = DEF
     finally:
         den.set_attn_processor(original)
         bar.close()
-    return EditResult(sources.images, {a: np.concatenate(v) for a, v in edited.items()}, maps, scores)
+    used = {a: maps[HEATMAP_OF_ARM[a]] for a in arms if a != "p2p"}
+    return EditResult(sources.images, {a: np.concatenate(v) for a, v in edited.items()}, used, scores)

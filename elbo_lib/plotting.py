@@ -51,3 +51,17 @@ def result_figure(image_rgb: np.ndarray, result, threshold: float = 0.4, title: 
         fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+def show_detections(ax, image_rgb: np.ndarray, detections, title: str = "", fontsize: int = 6) -> None:
+    """An image with a box and a 'colour shape' label per toy-detector detection."""
+    from matplotlib.patches import Rectangle
+    ax.imshow(image_rgb)
+    for d in detections:
+        ys, xs = np.nonzero(d.mask)
+        ax.add_patch(Rectangle((xs.min() - 0.5, ys.min() - 0.5), xs.max() - xs.min() + 1, ys.max() - ys.min() + 1,
+                               fill=False, lw=0.8, ec="white"))
+        ax.text(xs.min(), ys.min() - 1, d.phrase, color="white", fontsize=fontsize, va="bottom",
+                bbox=dict(fc="black", alpha=0.5, pad=0.5, lw=0))
+    ax.set_title(title, fontsize=fontsize + 1)
+    ax.axis("off")

@@ -17,6 +17,7 @@ import re
 from pathlib import Path
 
 import numpy as np
+import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 
@@ -111,3 +112,38 @@ class MeasurementCache:
 def measurement_files(root: str | os.PathLike) -> list[Path]:
     """The finished measurement files under ``root`` (an interrupted write leaves only a dot-named temporary)."""
     return [p for p in Path(root).rglob(f"*{SUFFIX}") if not p.name.startswith(".")]
+
+
+class ChunkCache:
+    """Arrays a long run computes in fixed chunks of items (generations, edits): one safetensors file per chunk,
+    keyed by the model, the run's settings and the chunk's items, written atomically. An interrupted run
+    resumes at the first missing chunk, and chunk membership never changes, so a resumed run computes the
+    same batches (bit for bit on CPU) as an uninterrupted one."""
+
+    def __init__(self, root: str | os.PathLike | None, model: str | os.PathLike, kind: str, settings: dict):
+        self.dir = Path(root or CACHE_DIR) / kind / model_key(model) / _hash(settings)
+        self.settings = settings
+
+    def run(self, items: list, chunk: int, compute) -> dict[str, np.ndarray]:
+        """``compute(start, stop)`` -> {name: array with a leading axis of stop - start}; the chunks' arrays
+        concatenated per name."""
+        if chunk < 1:
+            raise ValueError(f"chunk size must be >= 1, got {chunk}")
+        parts: list[dict[str, np.ndarray]] = []
+        for s in range(0, len(items), chunk):
+            e = min(s + chunk, len(items))
+            path = self.dir / f"{s:06d}-{_hash([str(x) for x in items[s:e]])}{SUFFIX}"
+            if path.exists():
+                parts.append({k: v.numpy() for k, v in load_file(str(path)).items()})
+                continue
+            arrays = {k: np.ascontiguousarray(v) for k, v in compute(s, e).items()}
+            bad = [k for k, v in arrays.items() if len(v) != e - s]
+            if bad:
+                raise ValueError(f"compute({s}, {e}) returned arrays {bad} without {e - s} rows")
+            if not (self.dir / "settings.json").exists():
+                atomic_write_json(self.dir / "settings.json", self.settings, default=str)
+            atomic_write(path, lambda tmp: save_file({k: torch.from_numpy(v) for k, v in arrays.items()}, str(tmp)))
+            parts.append(arrays)
+        if not parts:
+            return {}
+        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
