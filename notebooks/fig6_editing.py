@@ -60,7 +60,7 @@ fig, axes = plt.subplots(len(show), len(cols), figsize=(2.1 * len(cols), 2.2 * l
 for row, k in enumerate(show):
     e = run.edits[k]
     show_detections(axes[row, 0], run.sources[k], [d for d in detect(run.sources[k]) if d.iou >= 0.5],
-                    f"{e.kind}: {' '.join(e.objects[e.index])} -> {' '.join(e.new)}")
+                    f"{e.kind}:\n{' '.join(e.objects[e.index])} -> {' '.join(e.new)}")
     for c, arm in enumerate(arms, start=1):
         img = run.edited[arm][k]
         show_detections(axes[row, c], img, [d for d in detect(img) if d.iou >= 0.5],

@@ -73,13 +73,14 @@ wide = run.records.pivot_table(index="item", columns="arm", values="all_present"
 hard = list(wide.index[~wide["baseline"] & wide["ELBO-T2IAlign"]][:3]) + list(wide.index[~wide["baseline"] & ~wide["ELBO-T2IAlign"]][:2]) \
     + list(wide.index[wide["baseline"] & ~wide["ELBO-T2IAlign"]][:1])
 hard = hard or list(wide.index[:4])
-fig, axes = plt.subplots(len(hard), 2, figsize=(4.2, 2.1 * len(hard)), squeeze=False)
+fig, axes = plt.subplots(len(hard), 2, figsize=(5.6, 2.9 * len(hard)), squeeze=False)
 for row, k in enumerate(hard):
     p, sd = run.items[k]
     for col, arm in enumerate(gs.GENERATION_ARMS):
         img = run.images[arm][k]
         ok = "all present" if wide.loc[k, arm] else "object missing"
-        show_detections(axes[row, col], img, [d for d in detect(img) if d.iou >= 0.5],
-                        f"{arm}: {ok}" + (f"\n{p.prompt} (seed {sd})" if col == 0 else ""))
+        wrapped = p.prompt.replace(", a ", ",\na ").replace(" and a ", "\nand a ")
+        head = f"{wrapped} (seed {sd})" if col == 0 else ""
+        show_detections(axes[row, col], img, [d for d in detect(img) if d.iou >= 0.5], f"{head}\n{arm}: {ok}".strip())
 fig.tight_layout()
 fig.savefig(f"{out}/fig5_generation.png", dpi=130)
