@@ -85,7 +85,7 @@ NOTEBOOKS = [
               f"{arm}: {r['p2p value']:.3f} -> {r['arm value']:.3f} ({r.difference:+.3f} {r.ci95})"
               for arm, g in d[(d.subset == "all edits") & (d.metric == "success")].groupby("arm", sort=False)
               for _, r in g.iterrows()),
-          {"n_edits": 100, "n_candidates": 170, "n_boot": 1000, "batch_size": 20}, toy_only=True),
+          {"n_edits": 100, "n_candidates": 220, "n_boot": 1000, "batch_size": 20}, toy_only=True),
     Entry("cost", "Sec. IV-C cost", "~4 s / image with 10 classes (SD 1.5, RTX 4090); ELBO batchable",
           lambda d: "batched vs loop at {} classes: {:.1f}x faster, {:.2f} s/image".format(
               d.classes.max(), d[(d.elbo == "batched") & (d.classes == d.classes.max())].speedup_vs_loop.item(),
@@ -114,7 +114,7 @@ def run_notebooks(only: list[str] | None = None, quick: bool = False, extra: dic
         t0 = time.time()
         print(f"[workbook] {e.name} {params}", flush=True)
         target = nb if executed_dir is None else executed_dir / nb.name
-        pm.execute_notebook(str(nb), str(target), parameters=params, cwd=str(REPO), progress_bar=False,
+        pm.execute_notebook(str(nb), str(target), parameters=params, cwd=str(REPO), progress_bar=False, language="python",
                             kernel_name="python3")
         clean_notebook(target)
         log.append({"notebook": e.name, "seconds": round(time.time() - t0, 1), "parameters": params})
