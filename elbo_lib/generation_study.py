@@ -167,18 +167,20 @@ def run_editing(model: str | os.PathLike, candidates: list[ToyEdit], n_edits: in
     return EditRun(df, chosen, images, edited, heat, len(candidates))
 
 
-def editing_table(run: EditRun, reference: str = "p2p", n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
-    """Each heatmap arm minus plain prompt-to-prompt, paired over edits: all edits, per kind, per target size."""
+def editing_table(run: EditRun, reference: str = "p2p", arms=None, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
+    """Each arm minus ``reference`` (plain prompt-to-prompt by default; "uncalibrated" isolates the calibration),
+    paired over edits: all edits, per kind, per target size."""
     df = run.records.assign(success=run.records.success.astype(float),
                             edited_present=run.records.edited_present.astype(float),
                             old_gone=run.records.old_gone.astype(float))
     parts = []
-    for arm in [a for a in df.arm.unique() if a != reference]:
+    for arm in arms or [a for a in df.arm.unique() if a != reference]:
         groups = [("all edits", df)] + [(k, g) for k, g in df.groupby("kind")] + \
                  [(k, g) for k, g in df.groupby("target size")]
         for label, g in groups:
             t = paired_mean_table(g, EDIT_METRICS, "arm", arm, reference, "edit", n_boot, seed, label)
-            t = t.rename(columns={arm: "arm value", reference: f"{reference} value"})
+            t = t.rename(columns={arm: "arm value", reference: "reference value"})
+            t.insert(0, "reference", reference)
             t.insert(0, "arm", arm)
             parts.append(t)
     return pd.concat(parts, ignore_index=True)
