@@ -3,7 +3,7 @@
 #   make test-fast    unit tests only, no notebooks, no trained-model checks
 #   make reproduce    run every notebook with full-size parameters; figures/ + figures/README.md
 #   make reproduce MODEL=stabilityai/stable-diffusion-2-1-base DATA_ROOT=/data DATASETS="voc context coco-object ade20k" DEVICE=cuda
-#   make toy-model    train the toy model from scratch (resumable); TRAIN_ARGS="--device cuda --batch 128 ..."
+#   make toy-model    train the toy model from scratch (resumable); TRAIN_ARGS="--device cuda --batch 128 ..."; ARCH=v: the v-prediction one
 #   make toy-check    the toy model's quality gates -> data/toy-sd/quality.json
 #   make bench        benchmarks/bench_aligner.py
 PY := .venv/bin/python
@@ -41,8 +41,15 @@ notebooks: venv
 reproduce: venv
 	$(PY) -m elbo_lib.workbook $(REPRO_ARGS)
 
+# ARCH=sd: data/toy-sd (epsilon UNet); ARCH=v: data/toy-sd-v (v-prediction UNet, data/toy-sd's VAE and text encoder)
+ARCH ?= sd
+TOY_DIR = $(if $(filter v,$(ARCH)),data/toy-sd-v,data/toy-sd)
+TOY_WORK = $(if $(filter sd,$(ARCH)),.cache/toy-train,.cache/toy-train-$(ARCH))
+TOY_FLAGS = $(if $(filter v,$(ARCH)),--prediction-type v_prediction --share-from data/toy-sd --unet-steps 6000)
+
 toy-model: venv
-	$(PY) -m elbo_lib.toy.train --out data/toy-sd --work-dir .cache/toy-train $(TRAIN_ARGS)
+	$(if $(filter sd v,$(ARCH)),,$(error ARCH must be sd or v, got $(ARCH)))
+	$(PY) -m elbo_lib.toy.train --out $(TOY_DIR) --work-dir $(TOY_WORK) $(TOY_FLAGS) $(TRAIN_ARGS)
 
 toy-check: venv
 	$(PY) -m elbo_lib.toy.check --json data/toy-sd/quality.json --out-dir .cache/toy-check

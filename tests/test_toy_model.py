@@ -122,7 +122,7 @@ def test_eps_loss_min_snr_weighting():
     """snr_gamma = 0 is the plain MSE; min-SNR caps the weight of low-noise timesteps at gamma / SNR and
     leaves timesteps with SNR <= gamma at weight 1."""
     from diffusers import DDPMScheduler
-    from elbo_lib.toy.train import eps_loss
+    from elbo_lib.toy.train import diffusion_loss as eps_loss
     ac = DDPMScheduler(beta_schedule="squaredcos_cap_v2").alphas_cumprod
     g = torch.Generator().manual_seed(0)
     pred, eps = torch.randn(4, 4, 8, 8, generator=g), torch.randn(4, 4, 8, 8, generator=g)
@@ -135,6 +135,11 @@ def test_eps_loss_min_snr_weighting():
     torch.testing.assert_close(eps_loss(pred, eps, t, ac, 5.0), (per * w).mean())
     with pytest.raises(ValueError, match="snr_gamma"):
         eps_loss(pred, eps, t, ac, -1.0)
+    # v-prediction: the same cap in x0 terms, min(SNR, gamma) / (SNR + 1)
+    torch.testing.assert_close(eps_loss(pred, eps, t, ac, 5.0, "v_prediction"),
+                               (per * snr.clamp(max=5) / (snr + 1)).mean())
+    with pytest.raises(ValueError, match="prediction_type"):
+        eps_loss(pred, eps, t, ac, 5.0, "sample")
 
 
 def test_training_device_must_exist(tmp_path):

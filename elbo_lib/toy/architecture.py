@@ -25,6 +25,7 @@ class ToyArchitecture:
     max_length: int = 28               # the longest toy caption is 24 tokens with BOS/EOS
     num_train_timesteps: int = 1000
     beta_schedule: str = "squaredcos_cap_v2"
+    prediction_type: str = "epsilon"   # or "v_prediction" (as SD 2.x 768)
 
     @property
     def latent_size(self) -> int:
@@ -32,6 +33,12 @@ class ToyArchitecture:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def normalised(cls, d: dict) -> dict:
+        """A saved architecture dict with the fields it predates filled with their defaults (a model saved
+        before ``prediction_type`` existed is an epsilon model)."""
+        return {**cls().to_dict(), **d}
 
 
 def build_vae(a: ToyArchitecture) -> AutoencoderKL:
@@ -69,6 +76,8 @@ def build_text_encoder(a: ToyArchitecture, tokenizer: CLIPTokenizer) -> CLIPText
 
 def build_schedulers(a: ToyArchitecture) -> tuple[DDPMScheduler, DDIMScheduler]:
     """Training (DDPM) and sampling (DDIM) schedulers sharing one beta schedule."""
+    if a.prediction_type not in ("epsilon", "v_prediction"):
+        raise ValueError(f"prediction_type must be 'epsilon' or 'v_prediction', got {a.prediction_type!r}")
     kw = dict(num_train_timesteps=a.num_train_timesteps, beta_schedule=a.beta_schedule,
-              prediction_type="epsilon", clip_sample=False)
+              prediction_type=a.prediction_type, clip_sample=False)
     return DDPMScheduler(**kw), DDIMScheduler(**kw, set_alpha_to_one=False, steps_offset=1)

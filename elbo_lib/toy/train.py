@@ -56,6 +56,7 @@ class TrainConfig:
     checkpoint_every: int = 250
     threads: int = 2
     device: str = "cpu"  # "cuda" trains on a GPU; batches and noise are drawn on the CPU either way
+    share_from: str = ""  # a pipeline this trainer saved: its VAE and text encoder are reused, frozen (UNet only)
 
 
 def atomic_save(obj, path: Path) -> None:
@@ -108,18 +109,21 @@ def cached_training_set(world: WorldConfig, n: int, seed: int, work_dir: Path) -
     return images, classes
 
 
-def eps_loss(pred: torch.Tensor, eps: torch.Tensor, t: torch.Tensor, alphas_cumprod: torch.Tensor,
-             snr_gamma: float = 0.0) -> torch.Tensor:
-    """Eps-prediction MSE; with ``snr_gamma`` > 0 each sample is weighted by min(SNR_t, gamma) / SNR_t
-    (min-SNR-gamma, Hang et al. 2023), which caps the weight of the easy low-noise timesteps."""
+def diffusion_loss(pred: torch.Tensor, target: torch.Tensor, t: torch.Tensor, alphas_cumprod: torch.Tensor,
+                   snr_gamma: float = 0.0, prediction_type: str = "epsilon") -> torch.Tensor:
+    """MSE to the objective's target (eps, or v = alpha eps - sigma x0); with ``snr_gamma`` > 0 each sample
+    is weighted by min-SNR-gamma (Hang et al. 2023), which caps the weight of the easy low-noise timesteps:
+    min(SNR_t, gamma) / SNR_t for eps, min(SNR_t, gamma) / (SNR_t + 1) for v (the same weight in x0 terms)."""
     if snr_gamma < 0:
         raise ValueError(f"snr_gamma must be >= 0 (0 = unweighted), got {snr_gamma}")
-    per_sample = (pred.float() - eps.float()).pow(2).flatten(1).mean(1)
+    if prediction_type not in ("epsilon", "v_prediction"):
+        raise ValueError(f"prediction_type must be 'epsilon' or 'v_prediction', got {prediction_type!r}")
+    per_sample = (pred.float() - target.float()).pow(2).flatten(1).mean(1)
     if snr_gamma == 0:
         return per_sample.mean()
     a = alphas_cumprod.to(per_sample.device)[t]
     snr = a / (1 - a)
-    return (per_sample * snr.clamp(max=snr_gamma) / snr).mean()
+    return (per_sample * snr.clamp(max=snr_gamma) / (snr if prediction_type == "epsilon" else snr + 1)).mean()
 
 
 def _weights_file(path: Path) -> Path:
@@ -147,12 +151,23 @@ def init_source(init_from: str | Path, arch: ToyArchitecture) -> dict:
     if not tj.exists():
         raise ValueError(f"--init-from {src}: no training.json there (a pipeline saved by this trainer is expected)")
     meta = json.loads(tj.read_text())
-    if meta.get("arch") != json.loads(json.dumps(arch.to_dict())):
+    if ToyArchitecture.normalised(meta.get("arch", {})) != json.loads(json.dumps(arch.to_dict())):
         raise ValueError(f"--init-from {src}: its architecture differs from the one asked for: {meta.get('arch')}")
     unet_file = _weights_file(src / "unet")
     return {"path": str(src), "unet_sha256": hashlib.sha256(unet_file.read_bytes()).hexdigest()[:16],
             "unet_steps_done": meta.get("unet_steps_done"), "train": meta.get("train"),
             "extensions": meta.get("extensions", []), "vae_seconds": meta.get("train_seconds", {}).get("vae", 0.0)}
+
+
+def shared_source(path: str | Path) -> dict:
+    """What ``--share-from`` records: the pipeline whose VAE and text encoder are reused, and their hashes."""
+    src = Path(path)
+    if not (src / "training.json").exists():
+        raise ValueError(f"--share-from {src}: no training.json there (a pipeline saved by this trainer is expected)")
+    meta = json.loads((src / "training.json").read_text())
+    return {"path": str(src), "vae_seconds": meta.get("train_seconds", {}).get("vae", 0.0),
+            **{f"{c}_sha256": hashlib.sha256(_weights_file(src / c).read_bytes()).hexdigest()[:16]
+               for c in ("vae", "text_encoder")}}
 
 
 def _run_meta(work_dir: Path, cfg: TrainConfig, world: WorldConfig, arch: ToyArchitecture, extend: bool,
@@ -165,9 +180,13 @@ def _run_meta(work_dir: Path, cfg: TrainConfig, world: WorldConfig, arch: ToyArc
     meta = {"train": train_fields, "world": dataclasses.asdict(world), "arch": arch.to_dict()}
     if init_from is not None:
         meta["init_from"] = init_source(init_from, arch)
+    if cfg.share_from:
+        meta["shared"] = shared_source(cfg.share_from)
     old = json.loads(meta_path.read_text()) if meta_path.exists() else None
     if old is not None:
         old["train"].pop("threads", None); old["train"].pop("device", None)
+        old["train"] = {**{k: v for k, v in train_fields.items() if k == "share_from" and not v}, **old["train"]}
+        old["arch"] = ToyArchitecture.normalised(old.get("arch", {}))
         meta["extensions"] = old.get("extensions", [])
         old_steps = old["train"]["unet_steps"]
         if extend and old_steps < cfg.unet_steps:
@@ -245,9 +264,13 @@ def train_unet(lat_mean: torch.Tensor, scaling: float, scene_classes: list[list[
     if init_from is not None:
         _load_exported(unet, Path(init_from) / "unet")
         _load_exported(text_encoder, Path(init_from) / "text_encoder")
+    train_text = not cfg.share_from
+    if not train_text:  # the shared text encoder stays as it is
+        _load_exported(text_encoder, Path(cfg.share_from) / "text_encoder")
+        text_encoder.requires_grad_(False).eval()
     ema_unet, ema_text = copy.deepcopy(unet).requires_grad_(False), copy.deepcopy(text_encoder).requires_grad_(False)
     train_sched, sample_sched = build_schedulers(arch)
-    params = list(unet.parameters()) + list(text_encoder.parameters())
+    params = list(unet.parameters()) + (list(text_encoder.parameters()) if train_text else [])
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=1e-2, fused=True)  # fused: 6 ms/step instead of 22 ms
     ckpt = work_dir / "unet.pt"
     start, seconds = 0, 0.0
@@ -274,8 +297,11 @@ def train_unet(lat_mean: torch.Tensor, scaling: float, scene_classes: list[list[
         eps = torch.randn(z0.shape, generator=tg).to(dev)
         t = torch.randint(0, arch.num_train_timesteps, (cfg.batch,), generator=tg).to(dev)
         zt = train_sched.add_noise(z0, eps, t)
-        pred = unet(zt, t, text_encoder(ids.to(dev)).last_hidden_state).sample
-        loss = eps_loss(pred, eps, t, train_sched.alphas_cumprod, cfg.snr_gamma)
+        with torch.set_grad_enabled(train_text):
+            text = text_encoder(ids.to(dev)).last_hidden_state
+        pred = unet(zt, t, text).sample
+        target = eps if arch.prediction_type == "epsilon" else train_sched.get_velocity(z0, eps, t)
+        loss = diffusion_loss(pred, target, t, train_sched.alphas_cumprod, cfg.snr_gamma, arch.prediction_type)
         warm = min(1.0, (step + 1) / 200)
         for pg in opt.param_groups:
             pg["lr"] = float(cfg.lr * warm * (0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * step / cfg.unet_steps))))
@@ -283,7 +309,9 @@ def train_unet(lat_mean: torch.Tensor, scaling: float, scene_classes: list[list[
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         decay = min(cfg.ema_decay, (1 + step) / (10 + step))
-        _ema_update(ema_unet, unet, decay); _ema_update(ema_text, text_encoder, decay)
+        _ema_update(ema_unet, unet, decay)
+        if train_text:
+            _ema_update(ema_text, text_encoder, decay)
         losses.append(loss.detach())
         if (step + 1) % 50 == 0:
             bar.set_postfix(loss=f"{torch.stack(losses[-50:]).mean().item():.4f}")
@@ -336,8 +364,9 @@ def train(out_dir: str | Path = "data/toy-sd", work_dir: str | Path = ".cache/to
     tokenizer = build_tokenizer(vocabulary(), model_max_length=arch.max_length)
     images, scene_classes = cached_training_set(world, cfg.n_scenes, cfg.seed, work_dir)
     x_all = to_tensor(images)
-    vae_seconds = float(meta["init_from"]["vae_seconds"] or 0.0) if init_from is not None else 0.0
-    vae, vae_seconds = train_vae(x_all, cfg, arch, work_dir, dev, export_only, init_from, vae_seconds)
+    vae_from = cfg.share_from or init_from
+    vae_seconds = float(meta["shared" if cfg.share_from else "init_from"]["vae_seconds"] or 0.0) if vae_from else 0.0
+    vae, vae_seconds = train_vae(x_all, cfg, arch, work_dir, dev, export_only, vae_from or None, vae_seconds)
     lat = encode_latents(vae, x_all, cfg.n_scenes, work_dir, dev)
     scaling = float(1.0 / lat["mean"].std())
     vae.register_to_config(scaling_factor=scaling)
@@ -362,11 +391,14 @@ def main(argv=None) -> None:
     p.add_argument("--extend", action="store_true", help="continue a finished run to a larger --unet-steps")
     for f in dataclasses.fields(TrainConfig):
         p.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default)
+    p.add_argument("--prediction-type", default="epsilon", choices=["epsilon", "v_prediction"],
+                   help="the UNet's objective (v_prediction: as SD 2.x 768)")
     p.add_argument("--init-from", default=None,
                    help="start from the weights of a pipeline this trainer saved (e.g. data/toy-sd)")
     a = p.parse_args(argv)
     cfg = TrainConfig(**{f.name: getattr(a, f.name) for f in dataclasses.fields(TrainConfig)})
-    out = train(a.out, a.work_dir, cfg, export_only=a.export_only, extend=a.extend, init_from=a.init_from)
+    arch = ToyArchitecture(prediction_type=a.prediction_type)
+    out = train(a.out, a.work_dir, cfg, arch=arch, export_only=a.export_only, extend=a.extend, init_from=a.init_from)
     print(f"saved {out}")
 
 
