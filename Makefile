@@ -45,7 +45,7 @@ reproduce: venv
 ARCH ?= sd
 TOY_DIR = $(if $(filter v,$(ARCH)),data/toy-sd-v,data/toy-sd)
 TOY_WORK = $(if $(filter sd,$(ARCH)),.cache/toy-train,.cache/toy-train-$(ARCH))
-TOY_FLAGS = $(if $(filter v,$(ARCH)),--prediction-type v_prediction --share-from data/toy-sd --unet-steps 6000)
+TOY_FLAGS = $(if $(filter v,$(ARCH)),--prediction-type v_prediction --share-from data/toy-sd)
 
 toy-model: venv
 	$(if $(filter sd v,$(ARCH)),,$(error ARCH must be sd or v, got $(ARCH)))

@@ -280,3 +280,29 @@ def test_init_from_an_exported_pipeline(tmp_path):
         train(tmp_path / "d", tmp_path / "wd", TINY_TRAIN, TINY_WORLD, other, init_from=out_a)
     with pytest.raises(ValueError, match="no training.json"):
         train(tmp_path / "e", tmp_path / "we", TINY_TRAIN, TINY_WORLD, TINY_ARCH, init_from=tmp_path / "wa")
+
+
+def test_v_prediction_model_shares_vae_and_text_encoder(tmp_path):
+    """``--share-from`` with ``prediction_type="v_prediction"``: the VAE and text encoder are the source's, bit
+    for bit (the text encoder is not trained), the UNet is new, the scheduler predicts v, and the pipeline
+    loads with ``StableDiffusionPipeline``."""
+    import dataclasses
+    from diffusers import StableDiffusionPipeline
+    from safetensors.torch import load_file
+    out_a = train(tmp_path / "a", tmp_path / "wa", TINY_TRAIN, TINY_WORLD, TINY_ARCH)
+    v_arch = dataclasses.replace(TINY_ARCH, prediction_type="v_prediction")
+    out_v = train(tmp_path / "v", tmp_path / "wv", dataclasses.replace(TINY_TRAIN, share_from=str(out_a)), TINY_WORLD,
+                  v_arch)
+    for sub in ("text_encoder", "vae"):
+        fa = next((out_a / sub).glob("*.safetensors"))
+        a, v = load_file(fa), load_file(out_v / sub / fa.name)
+        assert all(torch.equal(a[k], v[k]) for k in a)
+    fa = next((out_a / "unet").glob("*.safetensors"))
+    assert any(not torch.equal(load_file(fa)[k], load_file(out_v / "unet" / fa.name)[k]) for k in load_file(fa))
+    meta = json.loads((out_v / "training.json").read_text())
+    assert meta["shared"]["path"] == str(out_a) and meta["arch"]["prediction_type"] == "v_prediction"
+    pipe = StableDiffusionPipeline.from_pretrained(out_v)
+    assert pipe.scheduler.config.prediction_type == "v_prediction"
+    with pytest.raises(ValueError, match="prediction_type"):
+        train(tmp_path / "x", tmp_path / "wx", TINY_TRAIN, TINY_WORLD,
+              dataclasses.replace(TINY_ARCH, prediction_type="sample"))
