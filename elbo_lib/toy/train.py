@@ -284,7 +284,8 @@ def train_unet(lat_mean: torch.Tensor, scaling: float, scene_classes: list[list[
     losses = []  # per-step losses, left on the device and read every 50 steps (no per-step GPU sync)
     lat_mean = lat_mean.to(dev)
     end = start if export_only else cfg.unet_steps
-    bar = tqdm(range(start, end), desc="train UNet + text encoder", initial=start, total=cfg.unet_steps)
+    bar = tqdm(range(start, end), desc="train UNet + text encoder" if train_text else "train UNet (shared text encoder)",
+               initial=start, total=cfg.unet_steps)
     for step in bar:
         g = _step_generator(cfg.seed, 2, step)
         idx = g.choice(cfg.n_scenes, cfg.batch, replace=False)
