@@ -4,7 +4,7 @@
 #   make reproduce    run every notebook with full-size parameters; figures/ + figures/README.md
 #   make reproduce MODEL=stabilityai/stable-diffusion-2-1-base DATA_ROOT=/data DATASETS="voc context coco-object ade20k" DEVICE=cuda
 #   make toy-model    train the toy model from scratch (resumable); TRAIN_ARGS="--device cuda --batch 128 ..."; ARCH=v: the v-prediction one
-#   make toy-check    the toy model's quality gates -> data/toy-sd/quality.json
+#   make toy-check    the toy model's quality gates -> data/toy-sd/quality.json (ARCH=v: data/toy-sd-v)
 #   make bench        benchmarks/bench_aligner.py
 PY := .venv/bin/python
 export HF_HUB_OFFLINE := 1
@@ -52,7 +52,7 @@ toy-model: venv
 	$(PY) -m elbo_lib.toy.train --out $(TOY_DIR) --work-dir $(TOY_WORK) $(TOY_FLAGS) $(TRAIN_ARGS)
 
 toy-check: venv
-	$(PY) -m elbo_lib.toy.check --json data/toy-sd/quality.json --out-dir .cache/toy-check
+	$(PY) -m elbo_lib.toy.check --model $(TOY_DIR) --json $(TOY_DIR)/quality.json --out-dir .cache/toy-check-$(ARCH)
 
 bench: venv
 	$(PY) benchmarks/bench_aligner.py
