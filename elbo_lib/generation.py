@@ -190,12 +190,7 @@ class PromptWeighting:
         out = self.compel(prompt)
         a = self.adapter
         if a.family == "sdxl":
-            embeds, pooled = out
-            h, w = a.resolution
-            time_ids = a.pipe._get_add_time_ids((h, w), (0, 0), (h, w), dtype=a.dtype,
-                                                text_encoder_projection_dim=a.pipe.text_encoder_2.config.projection_dim)
-            return TextCondition(embeds.to(a.device, a.dtype), {"text_embeds": pooled.to(a.device, a.dtype),
-                                                                "time_ids": time_ids.to(a.device)})
+            return a.condition(*out)
         return TextCondition(out.to(a.device, a.dtype), {})
 
     def __call__(self, prompts: list[str]) -> TextCondition:

@@ -64,12 +64,17 @@ class StableDiffusionXLAdapter(_DiscreteScheduleAdapter):
     def encode_text(self, prompts):
         embeds, _, pooled, _ = self.pipe.encode_prompt(list(prompts), device=self.device, num_images_per_prompt=1,
                                                        do_classifier_free_guidance=False)
+        return self.condition(embeds, pooled)
+
+    def condition(self, embeds: torch.Tensor, pooled: torch.Tensor) -> TextCondition:
+        """Encoded prompts (P, L, D) and pooled embeddings (P, D') with SDXL's added time ids (native size,
+        no crop), as the denoiser takes them."""
         h, w = self.resolution
         proj = pooled.shape[-1] if self.pipe.text_encoder_2 is None else self.pipe.text_encoder_2.config.projection_dim
         time_ids = self.pipe._get_add_time_ids((h, w), (0, 0), (h, w), dtype=self.dtype,
                                                text_encoder_projection_dim=proj).to(self.device)
-        return TextCondition(embeds.to(self.dtype), {"text_embeds": pooled.to(self.dtype),
-                                                     "time_ids": time_ids.expand(len(prompts), -1)})
+        return TextCondition(embeds.to(self.device, self.dtype), {"text_embeds": pooled.to(self.device, self.dtype),
+                                                                  "time_ids": time_ids.expand(len(embeds), -1)})
 
     def predict(self, z_t, t, cond):
         return self.denoiser(z_t, self.model_timestep(t), encoder_hidden_states=cond.embeds,
