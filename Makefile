@@ -3,8 +3,8 @@
 #   make test-fast    unit tests only, no notebooks, no trained-model checks
 #   make reproduce    run every notebook with full-size parameters; figures/ + figures/README.md
 #   make reproduce MODEL=stabilityai/stable-diffusion-2-1-base DATA_ROOT=/data DATASETS="voc context coco-object ade20k" DEVICE=cuda
-#   make toy-model    train the toy model from scratch (resumable); TRAIN_ARGS="--device cuda --batch 128 ..."; ARCH=v: the v-prediction one
-#   make toy-check    the toy model's quality gates -> data/toy-sd/quality.json (ARCH=v: data/toy-sd-v)
+#   make toy-model    train the toy model from scratch (resumable); TRAIN_ARGS="--device cuda --batch 128 ..."; ARCH=v / sd3: the v-prediction / SD 3-shaped one
+#   make toy-check    the toy model's quality gates -> data/toy-sd/quality.json (ARCH=v / sd3: data/toy-sd-v / data/toy-sd3)
 #   make bench        benchmarks/bench_aligner.py
 PY := .venv/bin/python
 export HF_HUB_OFFLINE := 1
@@ -41,14 +41,16 @@ notebooks: venv
 reproduce: venv
 	$(PY) -m elbo_lib.workbook $(REPRO_ARGS)
 
-# ARCH=sd: data/toy-sd (epsilon UNet); ARCH=v: data/toy-sd-v (v-prediction UNet, data/toy-sd's VAE and text encoder)
+# ARCH=sd: data/toy-sd (epsilon UNet); ARCH=v: data/toy-sd-v (v-prediction UNet); ARCH=sd3: data/toy-sd3 (SD 3-shaped
+# MMDiT, rectified flow, 3,600 steps); v and sd3 reuse data/toy-sd's VAE and text encoder, frozen
 ARCH ?= sd
-TOY_DIR = $(if $(filter v,$(ARCH)),data/toy-sd-v,data/toy-sd)
+TOY_DIR = $(if $(filter sd,$(ARCH)),data/toy-sd,$(if $(filter v,$(ARCH)),data/toy-sd-v,data/toy-sd3))
 TOY_WORK = $(if $(filter sd,$(ARCH)),.cache/toy-train,.cache/toy-train-$(ARCH))
-TOY_FLAGS = $(if $(filter v,$(ARCH)),--prediction-type v_prediction --share-from data/toy-sd)
+TOY_FLAGS = $(if $(filter v,$(ARCH)),--prediction-type v_prediction --share-from data/toy-sd) \
+            $(if $(filter sd3,$(ARCH)),--denoiser mmdit --share-from data/toy-sd --unet-steps 3600)
 
 toy-model: venv
-	$(if $(filter sd v,$(ARCH)),,$(error ARCH must be sd or v, got $(ARCH)))
+	$(if $(filter sd v sd3,$(ARCH)),,$(error ARCH must be sd, v or sd3, got $(ARCH)))
 	$(PY) -m elbo_lib.toy.train --out $(TOY_DIR) --work-dir $(TOY_WORK) $(TOY_FLAGS) $(TRAIN_ARGS)
 
 toy-check: venv

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .aligner import AlignConfig, Measurement, finalize
-from .elbo import STRATEGIES, attention_timesteps, elbo_timesteps
+from .elbo import STRATEGIES, attention_timesteps, elbo_timesteps, reweight
 from .models import dir_hints
 
 SUPERSET = dict(elbo_steps=100, elbo_strategy="even", attention_steps=30, attention_t_max=0.6,
@@ -106,3 +106,17 @@ def paper_variants(cfg: AlignConfig, gammas=()) -> list[Variant]:
     """'uncalibrated' and 'calibrated' (plus one variant per extra gamma) at the paper's timesteps."""
     out = [variant("uncalibrated", cfg, calibrate=False), variant("calibrated", cfg, calibrate=True)]
     return out + [variant(f"gamma={g:.4g}", cfg, calibrate=True, gamma=float(g)) for g in gammas]
+
+
+def weighting_variant(name: str, cfg: AlignConfig, adapter, weighting: str, **overrides) -> Variant:
+    """The calibrated variant with the measurement's ELBO losses re-expressed under another ``weighting``
+    (:func:`elbo.reweight`, exact), at the paper's timesteps: e.g. SD 3's eps-space row beside the authors'
+    plain velocity MSE, from one measurement."""
+    base = variant(name, cfg, **overrides)
+    ad = adapter.configured(cfg.flow_shift)
+
+    def heatmaps(m: Measurement, c: AlignConfig) -> np.ndarray:
+        m = dataclasses.replace(m, elbo=reweight(m.elbo, ad, m.elbo_t, cfg.weighting, weighting))
+        return finalize(m, c, base.elbo_idx, base.attention_idx).heatmaps
+
+    return dataclasses.replace(base, config=dataclasses.replace(base.config, weighting=weighting), heatmaps=heatmaps)

@@ -88,6 +88,18 @@ def objective_weight(adapter: PipelineAdapter, t: torch.Tensor, weighting: str =
     return w
 
 
+def reweight(losses: torch.Tensor, adapter: PipelineAdapter, t, source: str = "authors",
+             target: str = "eps") -> torch.Tensor:
+    """Losses (N, T) measured with weighting ``source`` at times ``t`` (T,), as weighting ``target`` would have
+    given them: each timestep's column times w_target(t) / w_source(t). Exact, since w depends on t alone and
+    the noise is shared, so one measurement serves both rows of a weighting comparison (Table I)."""
+    tt = torch.as_tensor(np.asarray(t), dtype=torch.float64)
+    if losses.ndim != 2 or losses.shape[1] != len(tt):
+        raise ValueError(f"losses must be (classes, {len(tt)} timesteps), got {tuple(losses.shape)}")
+    ratio = objective_weight(adapter, tt, target) / objective_weight(adapter, tt, source)
+    return losses * ratio.to(losses.device, losses.dtype)
+
+
 def _minus_dlambda_dt(adapter: PipelineAdapter, t: torch.Tensor, h: float = 1e-3) -> torch.Tensor:
     def lam(tt):
         a, s = adapter.alpha_sigma(tt)

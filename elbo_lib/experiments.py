@@ -9,7 +9,8 @@ from pathlib import Path
 import pandas as pd
 
 from .ablations import (PAPER_ATT, PAPER_ELBO, SUPERSET, Variant, attention_subset, elbo_subset,  # noqa: F401
-                        is_superset, paper_config, paper_subsets, paper_variants, superset_config, variant)
+                        is_superset, paper_config, paper_subsets, paper_variants, superset_config, variant,
+                        weighting_variant)
 from .aligner import AlignConfig, finalize
 from .baselines import get_baseline
 from .datasets import get_dataset
@@ -19,9 +20,12 @@ from .paths import REPO_ROOT
 
 # what the notebooks use through ``import elbo_lib.experiments as ex`` (the ablations are defined in ablations.py)
 __all__ = ["PAPER_ATT", "PAPER_ELBO", "SUPERSET", "Variant", "attention_subset", "elbo_subset", "is_superset",
-           "paper_config", "paper_subsets", "paper_variants", "superset_config", "variant", "table", "use_repo_root",
+           "paper_config", "paper_subsets", "paper_variants", "superset_config", "variant", "weighting_variant", "table", "use_repo_root",
            "output_dir", "DIFFPNG_NOTE", "run", "save_table", "results", "hardest_images", "conditions_table",
-           "condition_drops_table", "method_heatmaps"]
+           "condition_drops_table", "method_heatmaps", "TOY_MODELS"]
+
+# the toy models the workbook trains and ships: epsilon UNet, v-prediction UNet, SD 3-shaped MMDiT (rectified flow)
+TOY_MODELS = ["data/toy-sd", "data/toy-sd-v", "data/toy-sd3"]
 
 
 def use_repo_root() -> Path:

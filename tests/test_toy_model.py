@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from elbo_lib.models import load_pipeline
 from elbo_lib.toy.architecture import ToyArchitecture
 from elbo_lib.toy.train import TrainConfig, train
 from elbo_lib.toy.world import WorldConfig
@@ -306,3 +307,44 @@ def test_v_prediction_model_shares_vae_and_text_encoder(tmp_path):
     with pytest.raises(ValueError, match="prediction_type"):
         train(tmp_path / "x", tmp_path / "wx", TINY_TRAIN, TINY_WORLD,
               dataclasses.replace(TINY_ARCH, prediction_type="sample"))
+
+
+def test_mmdit_model_is_an_sd3_pipeline_conditioned_as_it_is_trained(tmp_path):
+    """``denoiser="mmdit"``: the VAE and text encoder are the shared pipeline's bit for bit (the pooled projection
+    is the identity), the saved directory loads with ``StableDiffusion3Pipeline`` (no T5, SD 3's shifted
+    flow-matching scheduler), its denoiser is the trained transformer, and the pipeline generates an image."""
+    import dataclasses
+    from diffusers import StableDiffusion3Pipeline
+    from safetensors.torch import load_file
+    from elbo_lib.toy.train import flow_noising
+    out_a = train(tmp_path / "a", tmp_path / "wa", TINY_TRAIN, TINY_WORLD, TINY_ARCH)
+    arch = dataclasses.replace(TINY_ARCH, denoiser="mmdit", prediction_type="flow_matching", mmdit_layers=2,
+                               mmdit_heads=2, mmdit_head_dim=8, t5_tokens=5)
+    with pytest.raises(ValueError, match="--share-from"):
+        train(tmp_path / "x", tmp_path / "wx", TINY_TRAIN, TINY_WORLD, arch)
+    out = train(tmp_path / "m", tmp_path / "wm", dataclasses.replace(TINY_TRAIN, share_from=str(out_a)), TINY_WORLD,
+                arch)
+    pipe = StableDiffusion3Pipeline.from_pretrained(out, text_encoder_3=None, tokenizer_3=None)  # SD 3 without T5
+    assert isinstance(load_pipeline(out, device="cpu"), StableDiffusion3Pipeline)
+    assert pipe.text_encoder_3 is None and pipe.scheduler.config.shift == arch.flow_shift
+    src = load_file(next((out_a / "text_encoder").glob("*.safetensors")))
+    for te in (pipe.text_encoder, pipe.text_encoder_2):
+        st = te.text_model.state_dict()
+        assert src.keys() <= st.keys() and all(torch.equal(src[k], st[k]) for k in src)
+        assert torch.equal(te.text_projection.weight, torch.eye(arch.text_width))
+    embeds, _, pooled, _ = pipe.encode_prompt("red circle", "red circle", "red circle", do_classifier_free_guidance=False,
+                                              max_sequence_length=arch.t5_tokens)
+    assert embeds.shape == (1, arch.max_length + arch.t5_tokens, 2 * arch.text_width)
+    img = pipe("red circle", num_inference_steps=2, height=32, width=32, max_sequence_length=arch.t5_tokens,
+               output_type="np").images
+    assert img.shape == (1, 32, 32, 3) and np.isfinite(img).all()
+    # the noising: a sigma of the shifted grid, z between x0 and eps, target eps - x0, timestep 1000 sigma
+    z0, eps = torch.randn(64, 4, 2, 2), torch.randn(64, 4, 2, 2)
+    sched = type(pipe.scheduler).from_config(pipe.scheduler.config)  # the training grid (sampling rewrote the pipe's)
+    zt, t, target = flow_noising(z0, eps, sched, torch.Generator().manual_seed(0))
+    sigma = (t / 1000).view(-1, 1, 1, 1)
+    torch.testing.assert_close(zt, (1 - sigma) * z0 + sigma * eps)
+    torch.testing.assert_close(target, eps - z0)
+    assert set(t.tolist()) <= set(sched.timesteps.tolist()) and len(set(t.tolist())) > 10
+    with pytest.raises(ValueError, match="prediction_type for the mmdit"):
+        dataclasses.replace(arch, prediction_type="epsilon")

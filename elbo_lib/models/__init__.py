@@ -40,6 +40,9 @@ def load_pipeline(model: str | os.PathLike = "data/toy-sd", device: str | None =
     if not path.exists() and (str(model).startswith((".", "/")) or os.sep in str(model) and str(model).count("/") > 1):
         raise FileNotFoundError(f"no pipeline directory at {path}; for the toy model run `make toy-model`, "
                                 "for hub models pass an id such as 'stabilityai/stable-diffusion-2-1-base'")
+    if (path / "model_index.json").exists():  # components saved as absent (SD 3 without T5) are loaded as absent
+        index = json.loads((path / "model_index.json").read_text())
+        kwargs = {**{k: None for k, v in index.items() if v == [None, None]}, **kwargs}
     try:
         pipe = DiffusionPipeline.from_pretrained(str(model), torch_dtype=dtype, **kwargs)
     except (OSError, ValueError) as e:

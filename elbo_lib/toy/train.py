@@ -5,9 +5,10 @@ Stages, each resumable from atomic checkpoints in ``work_dir``:
 2. train the VAE (reconstruction + a tiny KL term);
 3. encode every scene once (posterior means; the toy VAE's posterior std is ~0.75 of the latents'
    spread, noise the UNet need not model); set the latent scaling factor to 1 / std(latents);
-4. train the UNet and the CLIP text encoder jointly on eps-prediction (caption dropout for CFG),
-   keeping an exponential moving average of both;
-5. save a ``StableDiffusionPipeline`` directory with the configs that made it.
+4. train the denoiser, keeping an exponential moving average: the UNet and the CLIP text encoder
+   jointly on eps- or v-prediction, or (``--share-from``) the UNet alone, or the SD 3-shaped MMDiT on
+   rectified flow with a shared, frozen text encoder; caption dropout for CFG;
+5. save a ``StableDiffusionPipeline`` / ``StableDiffusion3Pipeline`` directory with the configs that made it.
 
 Batches are drawn from a generator seeded by (seed, step), so a resumed run sees exactly the
 batches an uninterrupted run would.
@@ -28,13 +29,13 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from diffusers import StableDiffusionPipeline
 from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
 from ..paths import atomic_write
 
-from .architecture import ToyArchitecture, build_schedulers, build_text_encoder, build_unet, build_vae
+from .architecture import (ToyArchitecture, build_mmdit, build_pipeline, build_schedulers, build_text_encoder,
+                           build_unet, build_vae)
 from ..models.tokenizer import build_tokenizer
 from .world import WorldConfig, sample_scene, training_caption, vocabulary
 
@@ -253,23 +254,47 @@ def encode_latents(vae: torch.nn.Module, x_all: torch.Tensor, n: int, work_dir: 
     return lat
 
 
-def train_unet(lat_mean: torch.Tensor, scaling: float, scene_classes: list[list[str]], tokenizer, cfg: TrainConfig,
-               world: WorldConfig, arch: ToyArchitecture, work_dir: Path, dev: torch.device, export_only: bool,
-               init_from) -> dict:
-    """Stage 3: UNet and text encoder jointly (eps loss, min-SNR weighting, EMA), resumable from ``unet.pt``.
+def flow_noising(z0: torch.Tensor, eps: torch.Tensor, sched, tg: torch.Generator) -> tuple:
+    """Rectified flow as diffusers' SD 3 training script draws it: u ~ logit-normal(0, 1) picks one of the
+    scheduler's (shifted) training sigmas; z = (1 - sigma) x0 + sigma eps, the target velocity eps - x0,
+    and the transformer's timestep 1000 sigma."""
+    u = torch.sigmoid(torch.randn(z0.shape[0], generator=tg))
+    k = (u * sched.config.num_train_timesteps).long().clamp(max=sched.config.num_train_timesteps - 1)
+    sigma = sched.sigmas[k].to(z0.device).view(-1, 1, 1, 1)
+    return (1 - sigma) * z0 + sigma * eps, sched.timesteps[k].to(z0.device), eps - z0
+
+
+def _shared_text_encoder(arch: ToyArchitecture, tokenizer, share_from: str) -> torch.nn.Module:
+    """The shared pipeline's text encoder, frozen; for the MMDiT with SD 3's (identity) pooled projection."""
+    te = build_text_encoder(arch, tokenizer, projection=arch.denoiser == "mmdit")
+    _load_exported(te.text_model if arch.denoiser == "mmdit" else te, Path(share_from) / "text_encoder")
+    return te.requires_grad_(False).eval()
+
+
+def train_denoiser(lat_mean: torch.Tensor, scaling: float, scene_classes: list[list[str]], tokenizer,
+                   cfg: TrainConfig, world: WorldConfig, arch: ToyArchitecture, work_dir: Path, dev: torch.device,
+                   export_only: bool, init_from, vae) -> dict:
+    """Stage 3: the denoiser (UNet: eps or v loss with min-SNR weighting; MMDiT: plain rectified-flow loss),
+    with the text encoder trained jointly unless shared, EMA of both, resumable from ``unet.pt``.
     Returns the EMA modules, the schedulers, the steps done, the stage's seconds and the recent losses."""
     torch.manual_seed(cfg.seed + 1)
-    unet = build_unet(arch).to(dev)
+    mmdit = arch.denoiser == "mmdit"
+    if mmdit and not cfg.share_from:
+        raise ValueError("the MMDiT toy model reuses a trained pipeline's VAE and text encoder: pass --share-from "
+                         "(e.g. data/toy-sd)")
+    unet = (build_mmdit if mmdit else build_unet)(arch).to(dev)
     text_encoder = build_text_encoder(arch, tokenizer).to(dev)
     if init_from is not None:
-        _load_exported(unet, Path(init_from) / "unet")
+        _load_exported(unet, Path(init_from) / ("transformer" if mmdit else "unet"))
         _load_exported(text_encoder, Path(init_from) / "text_encoder")
     train_text = not cfg.share_from
     if not train_text:  # the shared text encoder stays as it is
-        _load_exported(text_encoder, Path(cfg.share_from) / "text_encoder")
-        text_encoder.requires_grad_(False).eval()
+        text_encoder = _shared_text_encoder(arch, tokenizer, cfg.share_from).to(dev)
     ema_unet, ema_text = copy.deepcopy(unet).requires_grad_(False), copy.deepcopy(text_encoder).requires_grad_(False)
     train_sched, sample_sched = build_schedulers(arch)
+    # the MMDiT is conditioned exactly as StableDiffusion3Pipeline conditions it (penultimate CLIP layers of both
+    # encoders side by side, pooled projections, the zero T5 tokens), by that pipeline's own encode_prompt
+    sd3 = build_pipeline(arch, vae, text_encoder, tokenizer, unet, sample_sched) if mmdit else None
     params = list(unet.parameters()) + (list(text_encoder.parameters()) if train_text else [])
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=1e-2, fused=True)  # fused: 6 ms/step instead of 22 ms
     ckpt = work_dir / "unet.pt"
@@ -284,25 +309,34 @@ def train_unet(lat_mean: torch.Tensor, scaling: float, scene_classes: list[list[
     losses = []  # per-step losses, left on the device and read every 50 steps (no per-step GPU sync)
     lat_mean = lat_mean.to(dev)
     end = start if export_only else cfg.unet_steps
-    bar = tqdm(range(start, end), desc="train UNet + text encoder" if train_text else "train UNet (shared text encoder)",
+    what = "MMDiT" if mmdit else "UNet"
+    bar = tqdm(range(start, end), desc=f"train {what} + text encoder" if train_text else f"train {what} (shared text encoder)",
                initial=start, total=cfg.unet_steps)
     for step in bar:
         g = _step_generator(cfg.seed, 2, step)
         idx = g.choice(cfg.n_scenes, cfg.batch, replace=False)
         caps = [training_caption(scene_classes[i], world, g) for i in idx]
-        ids = tokenizer(caps, padding="max_length", max_length=arch.max_length, truncation=True,
-                        return_tensors="pt").input_ids
         tg = torch.Generator().manual_seed(int(g.integers(2**62)))
         ii = torch.from_numpy(idx).to(dev)
         z0 = lat_mean[ii] * scaling  # posterior means: the VAE's posterior noise is not worth modelling
         eps = torch.randn(z0.shape, generator=tg).to(dev)
-        t = torch.randint(0, arch.num_train_timesteps, (cfg.batch,), generator=tg).to(dev)
-        zt = train_sched.add_noise(z0, eps, t)
-        with torch.set_grad_enabled(train_text):
-            text = text_encoder(ids.to(dev)).last_hidden_state
-        pred = unet(zt, t, text).sample
-        target = eps if arch.prediction_type == "epsilon" else train_sched.get_velocity(z0, eps, t)
-        loss = diffusion_loss(pred, target, t, train_sched.alphas_cumprod, cfg.snr_gamma, arch.prediction_type)
+        if mmdit:
+            with torch.no_grad():
+                embeds, _, pooled, _ = sd3.encode_prompt(caps, caps, caps, device=dev, do_classifier_free_guidance=False,
+                                                         max_sequence_length=arch.t5_tokens)
+            zt, t, target = flow_noising(z0, eps, train_sched, tg)
+            pred = unet(hidden_states=zt, timestep=t, encoder_hidden_states=embeds, pooled_projections=pooled).sample
+            loss = torch.nn.functional.mse_loss(pred.float(), target.float())
+        else:
+            ids = tokenizer(caps, padding="max_length", max_length=arch.max_length, truncation=True,
+                            return_tensors="pt").input_ids
+            t = torch.randint(0, arch.num_train_timesteps, (cfg.batch,), generator=tg).to(dev)
+            zt = train_sched.add_noise(z0, eps, t)
+            with torch.set_grad_enabled(train_text):
+                text = text_encoder(ids.to(dev)).last_hidden_state
+            pred = unet(zt, t, text).sample
+            target = eps if arch.prediction_type == "epsilon" else train_sched.get_velocity(z0, eps, t)
+            loss = diffusion_loss(pred, target, t, train_sched.alphas_cumprod, cfg.snr_gamma, arch.prediction_type)
         warm = min(1.0, (step + 1) / 200)
         for pg in opt.param_groups:
             pg["lr"] = float(cfg.lr * warm * (0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * step / cfg.unet_steps))))
@@ -325,13 +359,11 @@ def train_unet(lat_mean: torch.Tensor, scaling: float, scene_classes: list[list[
             "seconds": seconds, "losses": losses}
 
 
-def export_pipeline(out_dir: Path, vae, stage: dict, tokenizer, training_json: dict) -> Path:
-    """Save a ``StableDiffusionPipeline`` (safetensors) to ``out_dir`` via a temporary directory; the
-    reports next to the weights (quality.json, README.md) move over to the new one."""
-    vae, text_encoder, unet = vae.cpu(), stage["text_encoder"].cpu(), stage["unet"].cpu()
-    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
-                                   scheduler=stage["scheduler"], safety_checker=None, feature_extractor=None,
-                                   requires_safety_checker=False)
+def export_pipeline(out_dir: Path, arch: ToyArchitecture, vae, stage: dict, tokenizer, training_json: dict) -> Path:
+    """Save the pipeline (safetensors) to ``out_dir`` via a temporary directory; the reports next to the
+    weights (quality.json, README.md) move over to the new one."""
+    pipe = build_pipeline(arch, vae.cpu(), stage["text_encoder"].cpu(), tokenizer, stage["unet"].cpu(),
+                          stage["scheduler"])
     tmp_out = out_dir.with_name(out_dir.name + ".tmp")
     pipe.save_pretrained(tmp_out, safe_serialization=True)
     (tmp_out / "training.json").write_text(json.dumps(training_json, indent=2))
@@ -371,10 +403,10 @@ def train(out_dir: str | Path = "data/toy-sd", work_dir: str | Path = ".cache/to
     lat = encode_latents(vae, x_all, cfg.n_scenes, work_dir, dev)
     scaling = float(1.0 / lat["mean"].std())
     vae.register_to_config(scaling_factor=scaling)
-    stage = train_unet(lat["mean"], scaling, scene_classes, tokenizer, cfg, world, arch, work_dir, dev, export_only,
-                       init_from)
+    stage = train_denoiser(lat["mean"], scaling, scene_classes, tokenizer, cfg, world, arch, work_dir, dev,
+                           export_only, init_from, vae)
     losses = stage["losses"]
-    return export_pipeline(out_dir, vae, stage, tokenizer, {
+    return export_pipeline(out_dir, arch, vae, stage, tokenizer, {
         **meta, "latent_scaling_factor": scaling, "elapsed_s_this_run": round(time.time() - t_start, 1),
         "train_seconds": {"vae": round(vae_seconds, 1),
                           "unet": round(stage["seconds"], 1)},  # both as of their last checkpoint
@@ -394,11 +426,14 @@ def main(argv=None) -> None:
         p.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default)
     p.add_argument("--prediction-type", default="epsilon", choices=["epsilon", "v_prediction"],
                    help="the UNet's objective (v_prediction: as SD 2.x 768)")
+    p.add_argument("--denoiser", default="unet", choices=["unet", "mmdit"],
+                   help="mmdit: an SD 3-shaped transformer trained on rectified flow (needs --share-from)")
     p.add_argument("--init-from", default=None,
                    help="start from the weights of a pipeline this trainer saved (e.g. data/toy-sd)")
     a = p.parse_args(argv)
     cfg = TrainConfig(**{f.name: getattr(a, f.name) for f in dataclasses.fields(TrainConfig)})
-    arch = ToyArchitecture(prediction_type=a.prediction_type)
+    arch = ToyArchitecture(prediction_type="flow_matching" if a.denoiser == "mmdit" else a.prediction_type,
+                           denoiser=a.denoiser)
     out = train(a.out, a.work_dir, cfg, arch=arch, export_only=a.export_only, extend=a.extend, init_from=a.init_from)
     print(f"saved {out}")
 
