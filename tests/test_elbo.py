@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from elbo_lib.elbo import (attention_timesteps, class_losses, class_losses_loop, elbo_timesteps, objective_weight,
-                           shared_noise)
+                           reweight, shared_noise)
 from elbo_lib.models import adapter_for
 
 
@@ -26,6 +26,20 @@ def test_batched_equals_naive_loop(family_pipe, weighting):
     batched = class_losses(ad, x0, cond, t, eps, weighting, batch_size=4)
     loop = class_losses_loop(ad, x0, cond, t, eps, weighting)
     torch.testing.assert_close(batched.cpu(), loop, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("source,target", [("authors", "eps"), ("authors", "native"), ("eps", "vlb")])
+def test_reweight_equals_measuring_with_the_other_weighting(family_pipe, source, target):
+    """One measurement serves both weightings: re-expressed losses equal a second measurement's."""
+    _, pipe = family_pipe
+    ad, x0, cond, t, eps = _setup(pipe)
+    a = class_losses(ad, x0, cond, t, eps, source)
+    torch.testing.assert_close(reweight(a, ad, t.numpy(), source, target), class_losses(ad, x0, cond, t, eps, target),
+                               rtol=1e-5, atol=1e-7)
+    with pytest.raises(ValueError, match="timesteps"):
+        reweight(a[:, :2], ad, t.numpy(), source, target)
+    with pytest.raises(ValueError, match="weighting"):
+        reweight(a, ad, t.numpy(), source, "bogus")
 
 
 def test_batch_size_does_not_change_losses(pipes):

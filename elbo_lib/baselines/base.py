@@ -24,6 +24,14 @@ class Baseline:
     method: str = "aligner"          # cache tag of the measure function
     elbo: bool = False               # whether its measurement needs the ELBO losses
     notes: str = ""
+    joint_attention: bool = True     # whether it runs on joint-attention (MMDiT) models
+
+    def not_runnable(self, adapter) -> str | None:
+        """Why this baseline cannot run on ``adapter``'s model (a table note), or None when it can."""
+        if adapter.joint_attention and not self.joint_attention:
+            return (f"not run: {self.name} reads separate cross-attention layers; {type(adapter.denoiser).__name__} "
+                    "has joint attention only")
+        return None
 
 
 def register(b: Baseline) -> Baseline:

@@ -67,5 +67,5 @@ def measure(aligner, image, classes, caption, seed, cfg) -> Measurement:
 
 
 OVAM = register(Baseline("OVAM", daam_heatmaps, measure_overrides=dict(self_attention=False, layer_weights="uniform", **PAPER_TIMESTEPS),
-                         measure=measure, method="ovam-unoptimised",
+                         measure=measure, method="ovam-unoptimised", joint_attention=False,
                          notes="un-optimised (no token optimisation: needs annotated masks)"))
