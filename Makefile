@@ -5,6 +5,7 @@
 #   make reproduce MODEL=stabilityai/stable-diffusion-2-1-base DATA_ROOT=/data DATASETS="voc context coco-object ade20k" DEVICE=cuda
 #   make toy-model    train the toy model from scratch (resumable); TRAIN_ARGS="--device cuda --batch 128 ..."; ARCH=v / sd3: the v-prediction / SD 3-shaped one
 #   make toy-check    the toy model's quality gates -> data/toy-sd/quality.json (ARCH=v / sd3: data/toy-sd-v / data/toy-sd3)
+#   make explore      the widget explorer as a web page (Voila) on http://127.0.0.1:8866 (PORT=...)
 #   make bench        benchmarks/bench_aligner.py
 PY := .venv/bin/python
 export HF_HUB_OFFLINE := 1
@@ -14,7 +15,7 @@ export MPLBACKEND := Agg
 REPRO_ARGS := $(if $(MODEL),--model $(MODEL)) $(if $(DATA_ROOT),--data-root $(DATA_ROOT)) \
               $(if $(DATASETS),--datasets "$(DATASETS)") $(if $(DEVICE),--device $(DEVICE)) $(if $(OUT),--out $(OUT))
 
-.PHONY: venv test test-fast test-notebooks reproduce notebooks toy-model toy-check bench clean-cache
+.PHONY: venv test test-fast test-notebooks reproduce notebooks toy-model toy-check explore bench clean-cache
 
 venv: .venv/.installed
 .venv/.installed: pyproject.toml
@@ -55,6 +56,10 @@ toy-model: venv
 
 toy-check: venv
 	$(PY) -m elbo_lib.toy.check --model $(TOY_DIR) --json $(TOY_DIR)/quality.json --out-dir .cache/toy-check-$(ARCH)
+
+PORT ?= 8866
+explore: venv
+	$(PY) -m voila notebooks/explore_toy.ipynb --no-browser --port=$(PORT) --Voila.ip=127.0.0.1
 
 bench: venv
 	$(PY) benchmarks/bench_aligner.py

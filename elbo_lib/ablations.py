@@ -51,6 +51,9 @@ def elbo_subset(n: int = 20, strategy: str = "even", seed: int = 0) -> tuple[int
         return tuple(sorted(np.random.default_rng([seed, 11]).choice(100, n, replace=False).tolist()))
     lo, hi = STRATEGIES[strategy]
     inside = [k for k, t in enumerate(SUPERSET_ELBO_T) if lo <= t < hi]
+    if n > len(inside):  # more would repeat timesteps, silently weighting them twice
+        raise ValueError(f"only {len(inside)} superset ELBO timesteps lie in [{lo}, {hi}) ('{strategy}'); "
+                         f"ask for at most {len(inside)}, got {n}")
     pick = np.linspace(0, len(inside) - 1, n).round().astype(int)
     return tuple(inside[i] for i in pick)
 

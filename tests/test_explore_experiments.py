@@ -8,7 +8,8 @@ from elbo_lib.ablations import (PAPER_ATT, PAPER_ELBO, SUPERSET_ATT_T, SUPERSET_
                                 elbo_subset)
 from elbo_lib.aligner import AlignConfig
 from elbo_lib.elbo import attention_timesteps, elbo_timesteps
-from elbo_lib.toy.explore import CONTROLS, SceneKnobs, ToyExplorer, build_scene, controls, widget_ranges
+from elbo_lib.toy.explore import (CONTROLS, ExplorerApp, SceneKnobs, ToyExplorer, build_scene, controls,
+                                  widget_ranges)
 
 
 def test_superset_contains_paper_timesteps():
@@ -53,6 +54,30 @@ def test_explorer_caches_model_calls(pipes, monkeypatch):
     e.view(SceneKnobs(target_radius=6))
     assert e.model_calls == 2
     assert set(widget_ranges()) >= {"gamma", "elbo_steps", "elbo_strategy", "attention_steps", "target_radius"}
+
+
+def _small_superset(monkeypatch):
+    import elbo_lib.toy.explore as ex
+    monkeypatch.setattr(ex, "superset_config", lambda d: AlignConfig(elbo_steps=100, attention_steps=30,
+                                                                     attention_t_max=0.6, caption_item="a {}",
+                                                                     batch_size=128))
+
+
+def test_explorer_app_remeasures_only_for_scene_knobs_and_shows_refusals(pipes, monkeypatch):
+    _small_superset(monkeypatch)
+    app = ExplorerApp(ToyExplorer(pipes["sd1"]))
+    assert app.explorer.model_calls == 1 and app.result is not None and app.scores.value.count("data-class") == 3
+    pictures = app.heatmaps.value
+    app.controls["gamma"].value = 0.8
+    assert app.explorer.model_calls == 1 and app.heatmaps.value != pictures
+    assert f"{app.result.scores.min():.3f}" in app.scores.value and app.result.scores.min() >= 0.8 - 1e-6
+    app.controls["distractor_colour"].value = "target's colour"
+    assert app.explorer.model_calls == 2 and "red triangle" in app.result.classes
+    app.controls["elbo_strategy"].value = "small"  # 20 'small' timesteps: fine
+    good = app.result
+    app.controls["elbo_steps"].value = 50  # only 20 superset timesteps lie in 'small': refused, with the reason
+    assert "elbo-error" in app.status.value and "at most 20" in app.status.value
+    assert app.result is good
 
 
 def test_controls_table_matches_the_explorer():
