@@ -111,22 +111,28 @@ def _library_scores(knobs: dict, **view) -> dict[str, float]:
     return {c: round(float(s), 3) for c, s in zip(res.classes, res.scores)}
 
 
+def _measurements(driver) -> int:
+    """The page's count of model measurements so far (its status line)."""
+    text = driver.find_element("css selector", ".elbo-status").text
+    return int(text.split(" model measurement")[0].split()[-1]) if " model measurement" in text else -1
+
+
 def test_sliders_update_the_page_as_the_library_computes(page):
     driver = page
     try:
         first = _wait(page, lambda d: _scores(d) or False)
-        shot0 = _heatmap_png(driver)
-        assert first == _library_scores({})
+        shot0, calls = _heatmap_png(driver), _measurements(driver)
+        assert first == _library_scores({}) and calls >= 1
 
         _set_slider(driver, "gamma", "0.6")  # calibration only: no model call
         after_gamma = _wait(driver, lambda d: (s := _scores(d)) != first and s)
-        assert after_gamma == _library_scores({}, gamma=0.6)
+        assert after_gamma == _library_scores({}, gamma=0.6) and _measurements(driver) == calls
         shot1 = _heatmap_png(driver)
         assert shot1 != shot0
 
-        _set_slider(driver, "target_radius", "6")  # a new scene: one more model measurement, with progress
-        _wait(driver, lambda d: "2 model measurement" in d.find_element("css selector", ".elbo-status").text)
-        assert _scores(driver) == _library_scores({"target_radius": 6.0}, gamma=0.6) != after_gamma
+        _set_slider(driver, "target_radius", "8")  # a new scene: one more model measurement, with progress
+        _wait(driver, lambda d: _measurements(d) == calls + 1)
+        assert _scores(driver) == _library_scores({"target_radius": 8.0}, gamma=0.6) != after_gamma
         assert _heatmap_png(driver) != shot1
         driver.save_screenshot(str(SHOTS / "explorer.png"))
     except BaseException:
