@@ -293,7 +293,8 @@ class Aligner:
         ad = self.adapter.configured(cfg.flow_shift)
         if caption is None:
             caption = default_caption(classes, cfg.caption_template, cfg.caption_item)
-        positions = [[p + ad.token_offset for p in token_positions(ad.tokenizer, caption, c, cfg.token_occurrence)]
+        positions = [[p + ad.token_offset for p in token_positions(ad.tokenizer, caption, c, cfg.token_occurrence,
+                                                                   limit=ad.max_text_tokens)]
                      for c in classes]
         x0, image_hw = self.encode(image, cfg, latent)
         t_att = torch.as_tensor(attention_timesteps(cfg.attention_steps, cfg.attention_t_max), dtype=torch.float64)
@@ -306,7 +307,8 @@ class Aligner:
         rule = cfg.self_rule if cfg.self_attention else None
         self_avg, cross_maps, start = SelfAttentionAverage(rule, cfg.self_weight), [], 0
         for store in self.attention_passes(x0, caption, t_att, seed, cfg, noise=noise.attention, ad=ad,
-                                           self_attn=cfg.self_attention, segments=rule == "two_hop"):
+                                           self_attn=cfg.self_attention, segments=rule == "two_hop",
+                                           cross_tokens=1 + max(max(p) for p in positions)):
             self_avg.add(store, self_rows[start:start + store.batch])
             start += store.batch
             tok = aggregate_cross(store, cfg.layer_weights, self_avg.out_hw)  # (b, T_tokens, h, w)
@@ -367,7 +369,7 @@ class Aligner:
         """Alg. 1 line 2: noise x0 at each attention time (Eq. 2) and run the denoiser with the caption
         under :func:`capture_attention`; yields one store per batch of timesteps. ``noise`` (T_a, C, h, w)
         defaults to the attention part of :meth:`Noise.draw` for ``seed`` and ``cfg.noise``."""
-        ad = ad or self.adapter.configured(cfg.flow_shift)
+        ad = (ad or self.adapter.configured(cfg.flow_shift)).for_latent(x0)
         latent_hw = (x0.shape[-2] // ad.patch_size, x0.shape[-1] // ad.patch_size)
         if noise is None:
             noise = Noise.draw(x0.shape[1:], len(t_att), 0, seed, cfg.noise).attention

@@ -8,12 +8,14 @@ from pathlib import Path
 import torch
 
 from .base import OBJECTIVES, PipelineAdapter, TextCondition, adapter_for, supported_pipelines, to_pil_rgb
+from .flux import FluxAdapter
+from .pixart import PixArtSigmaAdapter
 from .sd3 import StableDiffusion3Adapter
 from .stable_diffusion import StableDiffusionAdapter, StableDiffusionXLAdapter
 
 __all__ = ["OBJECTIVES", "PipelineAdapter", "TextCondition", "adapter_for", "supported_pipelines", "to_pil_rgb",
            "load_pipeline", "model_hints", "dir_hints", "default_device_dtype", "StableDiffusionAdapter",
-           "StableDiffusionXLAdapter", "StableDiffusion3Adapter"]
+           "StableDiffusionXLAdapter", "StableDiffusion3Adapter", "FluxAdapter", "PixArtSigmaAdapter"]
 
 
 def default_device_dtype(device: str | None = None, dtype: torch.dtype | None = None) -> tuple[str, torch.dtype]:

@@ -40,7 +40,7 @@ class PipelineAdapter:
     family: ClassVar[str] = "base"
     joint_attention: ClassVar[bool] = False  # MMDiT: image and text tokens in one attention
     patch_size: int = 1
-    flow_shift: bool = True  # flow matching: the scheduler's shifted sigma grid (see models.sd3)
+    flow_shift: bool = True  # flow matching: the scheduler's shifted sigma grid (see models.flow)
 
     def __init__(self, pipe):
         self.pipe = pipe
@@ -91,6 +91,16 @@ class PipelineAdapter:
     def token_offset(self) -> int:
         """Index of the tokenizer's first token among the attention's text keys."""
         return 0
+
+    @property
+    def max_text_tokens(self) -> int:
+        """How many of the tokenizer's tokens the denoiser sees (a class phrase past it has no attention)."""
+        return int(self.tokenizer.model_max_length)
+
+    def for_latent(self, x0: torch.Tensor) -> "PipelineAdapter":
+        """This adapter with anything that depends on the latent's size fixed to ``x0``'s (FLUX's
+        resolution-dependent noise schedule, :mod:`.flow`); the same adapter where nothing does."""
+        return self
 
     # ---- images ---------------------------------------------------------------------------------
     def preprocess(self, image, resolution: tuple[int, int] | None = None, resize: str = "vae-bilinear") -> torch.Tensor:
