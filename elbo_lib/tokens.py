@@ -7,7 +7,8 @@ either kind a phrase tokenised alone gives the same ids as inside a caption when
 word there. Sentencepiece splits on spaces only, so a phrase glued to punctuation in the caption
 ("circle,blue star": ``","``, ``"blue"`` without the marker) has other ids; then the phrase is
 found in the caption's text and its tokens are those whose character spans overlap it (fast
-tokenizers give the spans).
+tokenizers give the spans). Where spans are known, an id match must also be a whole word of the
+caption (sentencepiece's ``"▁cat"`` also begins "catalogue").
 """
 from __future__ import annotations
 
@@ -21,16 +22,32 @@ def _ids(tokenizer, text: str, special: bool) -> list[int]:
 OCCURRENCES = ("first", "all")
 
 
-def _span_hits(tokenizer, caption: str, phrase: str) -> list[list[int]]:
+def _offsets(tokenizer, caption: str) -> list[tuple[int, int]] | None:
+    """Each caption token's character span (fast tokenizers), else None."""
+    if not getattr(tokenizer, "is_fast", False):
+        return None
+    return tokenizer(caption, add_special_tokens=True, truncation=False, return_offsets_mapping=True).offset_mapping
+
+
+def _whole_words(hits: list[list[int]], caption: str, offsets) -> list[list[int]]:
+    """The id matches that are whole words of the caption: sentencepiece's '▁cat' also starts 'catalogue'."""
+    if offsets is None:
+        return hits
+    def bounded(hit):
+        start, end = offsets[hit[0]][0], offsets[hit[-1]][1]
+        return not (start > 0 and caption[start - 1].isalnum()) and not (end < len(caption) and caption[end].isalnum())
+    return [h for h in hits if bounded(h)]
+
+
+def _span_hits(caption: str, phrase: str, offsets) -> list[list[int]]:
     """Token positions of each occurrence of ``phrase`` in ``caption``'s text (case-insensitive, on word
     boundaries), from the fast tokenizer's character offsets; [] where it has none."""
-    if not getattr(tokenizer, "is_fast", False):
+    if offsets is None:
         return []
-    enc = tokenizer(caption, add_special_tokens=True, truncation=False, return_offsets_mapping=True)
     pattern = r"(?<!\w)" + r"\s+".join(map(re.escape, phrase.split())) + r"(?!\w)"
     hits = []
     for m in re.finditer(pattern, caption, flags=re.IGNORECASE):
-        toks = [i for i, (a, b) in enumerate(enc.offset_mapping) if b > a and a < m.end() and b > m.start()]
+        toks = [i for i, (a, b) in enumerate(offsets) if b > a and a < m.end() and b > m.start()]
         if toks:
             hits.append(toks)
     return hits
@@ -55,9 +72,11 @@ def token_positions(tokenizer, caption: str, phrase: str, occurrence: str = "fir
     if not sub:
         raise ValueError(f"class phrase {phrase!r} has no tokens")
     n = len(sub)
-    hits = [list(range(i, i + n)) for i in range(len(cap) - n + 1) if cap[i:i + n] == sub]
+    offsets = _offsets(tokenizer, caption)
+    hits = _whole_words([list(range(i, i + n)) for i in range(len(cap) - n + 1) if cap[i:i + n] == sub], caption,
+                        offsets)
     if not hits:
-        hits = _span_hits(tokenizer, caption, phrase.strip())
+        hits = _span_hits(caption, phrase.strip(), offsets)
     if not hits:
         raise ValueError(f"class {phrase!r} does not appear in the caption {caption!r}; every class must be "
                          "named in the caption (pass caption=None to build one from the classes)")

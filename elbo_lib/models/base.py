@@ -40,6 +40,7 @@ class PipelineAdapter:
     family: ClassVar[str] = "base"
     joint_attention: ClassVar[bool] = False  # MMDiT: image and text tokens in one attention
     patch_size: int = 1
+    cuda_dtype: ClassVar[torch.dtype] = torch.float16  # load_pipeline's default dtype on CUDA for this family
     flow_shift: bool = True  # flow matching: the scheduler's shifted sigma grid (see models.flow)
 
     def __init__(self, pipe):
@@ -206,12 +207,16 @@ def supported_pipelines() -> list[str]:
     return [name for cls in _REGISTRY for name in cls.pipeline_classes]
 
 
+def adapter_class(pipeline_class: str) -> type[PipelineAdapter]:
+    """The adapter class for a diffusers pipeline class name (or a clear error listing the supported classes)."""
+    for cls in _REGISTRY:
+        if pipeline_class in cls.pipeline_classes:
+            return cls
+    raise ValueError(f"unsupported pipeline class {pipeline_class}; supported: {', '.join(supported_pipelines())}")
+
+
 def adapter_for(pipe) -> PipelineAdapter:
     """The adapter for a loaded diffusers pipeline (or a clear error listing the supported classes)."""
     if isinstance(pipe, PipelineAdapter):
         return pipe
-    name = type(pipe).__name__
-    for cls in _REGISTRY:
-        if name in cls.pipeline_classes:
-            return cls(pipe)
-    raise ValueError(f"unsupported pipeline class {name}; supported: {', '.join(supported_pipelines())}")
+    return adapter_class(type(pipe).__name__)(pipe)

@@ -44,6 +44,8 @@ class FlowMatchAdapter(PipelineAdapter):
         return (latent_hw[0] // self.patch_size) * (latent_hw[1] // self.patch_size)
 
     def for_latent(self, x0: torch.Tensor) -> "FlowMatchAdapter":
+        """With a dynamic shift: this adapter's noise levels for ``x0``'s token count (``predict`` applies it to
+        its input too, so the timestep the model sees always matches the latent it gets)."""
         n = self.tokens_of(tuple(x0.shape[-2:]))
         if n == self.image_seq_len or not self._dynamic():
             return self

@@ -46,6 +46,7 @@ class FluxAdapter(FlowMatchAdapter):
     joint_attention = True
     patch_size = 2  # FluxPipeline packs 2x2 latent patches into one token
     timestep_scale = 1.0 / 1000  # the transformer takes sigma (it multiplies by 1000 itself)
+    cuda_dtype = torch.bfloat16  # FLUX.1 is released and run in bf16; its activations overflow fp16
     guidance: float = 1.0  # guidance-distilled checkpoints: the conditional model (see the module docstring)
 
     @property
@@ -99,7 +100,7 @@ class FluxAdapter(FlowMatchAdapter):
         guidance = None
         if self.denoiser.config.guidance_embeds:
             guidance = torch.full((b,), float(self.guidance), device=self.device, dtype=torch.float32)
-        out = self.denoiser(hidden_states=self.pack(z_t), timestep=self.model_timestep(t), guidance=guidance,
+        out = self.denoiser(hidden_states=self.pack(z_t), timestep=self.for_latent(z_t).model_timestep(t), guidance=guidance,
                             pooled_projections=cond.extra["pooled_projections"], encoder_hidden_states=cond.embeds,
                             txt_ids=txt_ids, img_ids=img_ids).sample
         return self.unpack(out, (h, w))

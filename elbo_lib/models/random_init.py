@@ -30,6 +30,16 @@ def tiny_t5_tokenizer():
     return T5TokenizerFast(vocab=vocab, extra_ids=0)
 
 
+def _finish(pipe):
+    """Modules in eval mode, as ``from_pretrained`` leaves them (T5's dropout would otherwise make every
+    prompt encoding random), and no progress bars."""
+    for module in pipe.components.values():
+        if isinstance(module, torch.nn.Module):
+            module.eval()
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
 def _t5_encoder(tok, d_model: int = 32) -> T5EncoderModel:
     return T5EncoderModel(T5Config(vocab_size=len(tok), d_model=d_model, d_ff=37, d_kv=8, num_layers=2, num_heads=4,
                                    relative_attention_num_buckets=8, pad_token_id=tok.pad_token_id,
@@ -66,8 +76,7 @@ def tiny_sd_pipeline(prediction_type: str = "epsilon", seed: int = 0) -> StableD
     pipe = StableDiffusionPipeline(vae=_vae(), text_encoder=CLIPTextModel(_clip_config(tok)), tokenizer=tok, unet=unet,
                                    scheduler=_ddim(prediction_type), safety_checker=None, feature_extractor=None,
                                    requires_safety_checker=False)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return _finish(pipe)
 
 
 def tiny_sdxl_pipeline(seed: int = 0) -> StableDiffusionXLPipeline:
@@ -82,8 +91,7 @@ def tiny_sdxl_pipeline(seed: int = 0) -> StableDiffusionXLPipeline:
     pipe = StableDiffusionXLPipeline(vae=_vae(), text_encoder=CLIPTextModel(_clip_config(tok)),
                                      text_encoder_2=CLIPTextModelWithProjection(_clip_config(tok)), tokenizer=tok,
                                      tokenizer_2=tiny_clip_tokenizer(), unet=unet, scheduler=_ddim())
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return _finish(pipe)
 
 
 def tiny_sd3_pipeline(seed: int = 0, with_t5: bool = True) -> StableDiffusion3Pipeline:
@@ -103,8 +111,7 @@ def tiny_sd3_pipeline(seed: int = 0, with_t5: bool = True) -> StableDiffusion3Pi
         text_encoder=CLIPTextModelWithProjection(_clip_config(tok)), tokenizer=tok,
         text_encoder_2=CLIPTextModelWithProjection(_clip_config(tok)), tokenizer_2=tiny_clip_tokenizer(),
         text_encoder_3=t5, tokenizer_3=t5_tok)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return _finish(pipe)
 
 
 def tiny_flux_pipeline(seed: int = 0, guidance_embeds: bool = True, dynamic_shift: bool = True,
@@ -126,8 +133,7 @@ def tiny_flux_pipeline(seed: int = 0, guidance_embeds: bool = True, dynamic_shif
                         text_encoder=CLIPTextModel(_clip_config(tok)), tokenizer=tok, text_encoder_2=_t5_encoder(t5_tok),
                         tokenizer_2=t5_tok, transformer=transformer)
     pipe.default_sample_size = 16  # 16 latent pixels = 32 px native (FLUX.1's 128 = 1024 px)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return _finish(pipe)
 
 
 def tiny_pixart_pipeline(seed: int = 0, text_tokens: int = 32) -> PixArtSigmaPipeline:
@@ -146,8 +152,7 @@ def tiny_pixart_pipeline(seed: int = 0, text_tokens: int = 32) -> PixArtSigmaPip
                                         prediction_type="epsilon", num_train_timesteps=1000)
     pipe = PixArtSigmaPipeline(tokenizer=t5_tok, text_encoder=_t5_encoder(t5_tok), vae=_vae(), transformer=transformer,
                                scheduler=sched)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return _finish(pipe)
 
 
 def sd15_random_pipeline(seed: int = 0) -> StableDiffusionPipeline:
@@ -162,5 +167,4 @@ def sd15_random_pipeline(seed: int = 0) -> StableDiffusionPipeline:
     te = CLIPTextModel(_clip_config(tok, hidden=768, projection=768, layers=2))
     pipe = StableDiffusionPipeline(vae=vae, text_encoder=te, tokenizer=tok, unet=unet, scheduler=_ddim(),
                                    safety_checker=None, feature_extractor=None, requires_safety_checker=False)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return _finish(pipe)
