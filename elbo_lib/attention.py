@@ -283,7 +283,8 @@ class FluxCaptureProcessor:
         if getattr(attn, "fused_projections", False):
             raise ValueError("attention capture needs unfused projections; call transformer.unfuse_qkv_projections()")
         heads = lambda x: x.unflatten(-1, (-1, attn.head_dim))  # noqa: E731  (B, S, H, d)
-        query, key, value = heads(attn.to_q(hidden_states)), heads(attn.to_k(hidden_states)), heads(attn.to_v(hidden_states))
+        query, key = heads(attn.to_q(hidden_states)), heads(attn.to_k(hidden_states))
+        value = heads(attn.to_v(hidden_states))
         query, key = attn.norm_q(query), attn.norm_k(key)
         if attn.added_kv_proj_dim is not None:
             cq = attn.norm_added_q(heads(attn.add_q_proj(encoder_hidden_states)))

@@ -209,7 +209,8 @@ def test_pixart_predict_equals_the_pipeline_step_learned_sigma(pipes):
         pipe("a photo of a red circle", height=32, width=48, num_inference_steps=1, guidance_scale=1.0, latents=z,
              output_type="latent", use_resolution_binning=False, max_sequence_length=ad.max_text_tokens)
         step = int(calls[0]["kw"]["timestep"][0])
-        mine = ad.predict(z, torch.tensor([step / 1000], dtype=torch.float64), ad.encode_text(["a photo of a red circle"]))
+        t = torch.tensor([step / 1000], dtype=torch.float64)
+        mine = ad.predict(z, t, ad.encode_text(["a photo of a red circle"]))
     for h in hooks:
         h.remove()
     full = calls[0]["out"]

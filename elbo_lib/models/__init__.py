@@ -15,7 +15,8 @@ from .sd3 import StableDiffusion3Adapter
 from .stable_diffusion import StableDiffusionAdapter, StableDiffusionXLAdapter
 
 __all__ = ["OBJECTIVES", "PipelineAdapter", "TextCondition", "adapter_for", "supported_pipelines", "to_pil_rgb",
-           "load_pipeline", "pipeline_class_name", "adapter_class", "model_hints", "dir_hints", "default_device_dtype", "StableDiffusionAdapter",
+           "load_pipeline", "pipeline_class_name", "adapter_class", "model_hints", "dir_hints", "default_device_dtype",
+           "StableDiffusionAdapter",
            "StableDiffusionXLAdapter", "StableDiffusion3Adapter", "FluxAdapter", "PixArtSigmaAdapter"]
 
 

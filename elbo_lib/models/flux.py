@@ -100,7 +100,7 @@ class FluxAdapter(FlowMatchAdapter):
         guidance = None
         if self.denoiser.config.guidance_embeds:
             guidance = torch.full((b,), float(self.guidance), device=self.device, dtype=torch.float32)
-        out = self.denoiser(hidden_states=self.pack(z_t), timestep=self.for_latent(z_t).model_timestep(t), guidance=guidance,
-                            pooled_projections=cond.extra["pooled_projections"], encoder_hidden_states=cond.embeds,
-                            txt_ids=txt_ids, img_ids=img_ids).sample
+        out = self.denoiser(hidden_states=self.pack(z_t), timestep=self.for_latent(z_t).model_timestep(t),
+                            guidance=guidance, pooled_projections=cond.extra["pooled_projections"],
+                            encoder_hidden_states=cond.embeds, txt_ids=txt_ids, img_ids=img_ids).sample
         return self.unpack(out, (h, w))

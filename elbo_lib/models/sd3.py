@@ -34,5 +34,5 @@ class StableDiffusion3Adapter(FlowMatchAdapter):
         return TextCondition(embeds.to(self.dtype), {"pooled_projections": pooled.to(self.dtype)})
 
     def predict(self, z_t, t, cond):
-        return self.denoiser(hidden_states=z_t, timestep=self.for_latent(z_t).model_timestep(t), encoder_hidden_states=cond.embeds,
-                             pooled_projections=cond.extra["pooled_projections"]).sample
+        return self.denoiser(hidden_states=z_t, timestep=self.for_latent(z_t).model_timestep(t),
+                             encoder_hidden_states=cond.embeds, pooled_projections=cond.extra["pooled_projections"]).sample
