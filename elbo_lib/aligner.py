@@ -293,7 +293,8 @@ class Aligner:
         ad = self.adapter.configured(cfg.flow_shift)
         if caption is None:
             caption = default_caption(classes, cfg.caption_template, cfg.caption_item)
-        positions = [[p + ad.token_offset for p in token_positions(ad.tokenizer, caption, c, cfg.token_occurrence,
+        positions = [[p + ad.token_offset for p in token_positions(ad.tokenizer, ad.prompt_text(caption),
+                                                                   ad.prompt_text(c), cfg.token_occurrence,
                                                                    limit=ad.max_text_tokens)]
                      for c in classes]
         x0, image_hw = self.encode(image, cfg, latent)

@@ -219,6 +219,17 @@ def test_pixart_predict_equals_the_pipeline_step_learned_sigma(pipes):
     torch.testing.assert_close(calls[1]["kw"]["encoder_attention_mask"], calls[0]["kw"]["encoder_attention_mask"])
 
 
+def test_pixart_positions_in_the_text_the_pipeline_encodes(pipes):
+    """PixArtSigmaPipeline lower-cases prompts: capitalised classes and captions give the lower-case positions
+    (T5 itself is case-sensitive: 'Cat' and 'cat' are other pieces)."""
+    al = Aligner(pipes["pixart"], **FAST)
+    img = (np.random.default_rng(0).random((32, 32, 3)) * 255).astype(np.uint8)
+    upper = al.measure(img, ["Red circle", "Cat"], caption="A photo of a Red circle and a Cat", seed=0)
+    lower = al.measure(img, ["red circle", "cat"], caption="a photo of a red circle and a cat", seed=0)
+    torch.testing.assert_close(upper.cross, lower.cross)
+    assert adapter_for(pipes["flux"]).prompt_text("A Cat") == "A Cat"  # FLUX passes prompts as given
+
+
 def test_pixart_schedule_and_weighting(pipes):
     ad = adapter_for(pipes["pixart"])
     t = torch.tensor([0.001, 0.5, 0.999], dtype=torch.float64)

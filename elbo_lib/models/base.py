@@ -98,6 +98,10 @@ class PipelineAdapter:
         """How many of the tokenizer's tokens the denoiser sees (a class phrase past it has no attention)."""
         return int(self.tokenizer.model_max_length)
 
+    def prompt_text(self, text: str) -> str:
+        """The text the pipeline's tokenizer receives for a prompt ``text`` (where token positions are looked up)."""
+        return text
+
     def for_latent(self, x0: torch.Tensor) -> "PipelineAdapter":
         """This adapter with anything that depends on the latent's size fixed to ``x0``'s (FLUX's
         resolution-dependent noise schedule, :mod:`.flow`); the same adapter where nothing does."""

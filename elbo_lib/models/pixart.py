@@ -14,8 +14,8 @@ Beyond the paper's models (its Table I has no PixArt row); the method carries ov
 - **Text**: T5 only (up to 300 tokens, ``max_sequence_length`` of ``PixArtSigmaPipeline``), with an
   attention mask over the padding that the transformer turns into a -10000 bias on those keys
   (``encoder_attention_mask``); ``token_offset`` is 0 (T5 has no BOS). The pipeline lower-cases
-  prompts (``_text_preprocessing``); class positions are looked up in the caption as given, so
-  give lower-case captions (the default captions are).
+  prompts (``_text_preprocessing``), and class positions are looked up in that text
+  (:meth:`PixArtSigmaAdapter.prompt_text`).
 - **Attention**: ``BasicTransformerBlock``s with ``attn1`` (self) and ``attn2`` (cross, to T5), run
   by diffusers' ``AttnProcessor2_0``: ``attention.CaptureProcessor`` reproduces it, masks included.
   ``patch_size`` is the transformer's (2): the attention grid is the latent / 2.
@@ -51,6 +51,9 @@ class PixArtSigmaAdapter(_DiscreteScheduleAdapter):
     def learned_sigma(self) -> bool:
         """Whether the transformer outputs [eps, variance] (2 C channels) rather than eps alone."""
         return self.denoiser.config.out_channels == 2 * self.denoiser.config.in_channels
+
+    def prompt_text(self, text: str) -> str:
+        return self.pipe._text_preprocessing(text, clean_caption=False)[0]
 
     @torch.no_grad()
     def encode_text(self, prompts):
