@@ -45,7 +45,8 @@ class AlignConfig:
       B = last (``self_weight``, :func:`attention.two_hop_self_attention`), averaged over the attention
       timesteps up to ``self_attention_t_max``;
     - ``renormalize=True``: each class heatmap min-max normalised again after refinement and resize;
-    - ``weighting="authors"``: epsilon-space MSE for DDPM-type models, plain velocity MSE for SD 3;
+    - ``weighting="authors"``: epsilon-space MSE for DDPM-type models (and PixArt-Sigma), plain velocity MSE
+      for SD 3 (and FLUX);
     - ``flow_shift=True``: SD 3 noise levels from the scheduler's shifted sigmas;
     - ``token_occurrence="first"``, ``resize="vae-bilinear"``, ``noise="stream"`` (one seeded stream
       per image: the attention noise, then the ELBO noise, as the authors draw them).

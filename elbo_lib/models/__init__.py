@@ -47,8 +47,10 @@ def load_pipeline(model: str | os.PathLike = "data/toy-sd", device: str | None =
                   dtype: torch.dtype | None = None, **kwargs):
     """Load a diffusers text-to-image pipeline from a local directory or a hub id.
 
-    Device and dtype default to CUDA + fp16 when available, else CPU + fp32. Missing weights give
-    an error that says how to obtain them (this machine may be offline)."""
+    Device and dtype default to CUDA with the family's dtype (fp16; bf16 for FLUX) when available, else
+    CPU + fp32. The pipeline class is read from ``model_index.json`` first, so an unsupported family fails
+    before its weights load, naming the supported classes. Missing weights give an error that says how to
+    obtain them (this machine may be offline)."""
     from diffusers import DiffusionPipeline
 
     path = Path(model)
