@@ -2,8 +2,9 @@
 
 An adapter knows how to encode an image to the denoiser's latent x0, encode prompts, noise
 x0 at a continuous time t in [0, 1] (Eq. 2: z_t = alpha_t x0 + sigma_t eps), call the denoiser,
-and which quantity the denoiser predicts (its objective, Table I). Adding a family (FLUX,
-PixArt, ...) is one new subclass registered with :func:`register`.
+and which quantity the denoiser predicts (its objective, Table I). Adding a family is one new
+subclass registered with :func:`register`, as ``models.flux`` (FLUX.1) and ``models.pixart``
+(PixArt-Sigma) are; the method modules (aligner, elbo, calibrate) only call this interface.
 """
 from __future__ import annotations
 
