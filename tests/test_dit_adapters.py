@@ -94,6 +94,24 @@ def test_flux_dynamic_shift_mu_from_the_image_tokens(pipes):
     assert ad.for_latent(torch.zeros(1, 4, 16, 24)) is not ad and a.for_latent(torch.zeros(1, 4, 16, 24)) is a
 
 
+def test_sd3_shares_the_dynamic_shift(pipes):
+    """SD 3 and FLUX share one flow-matching schedule (models.flow): an SD 3 pipeline given a dynamic-shift
+    scheduler (which the SD 3 adapter used to refuse) gets sigma as StableDiffusion3Pipeline would set it."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+    from elbo_lib.models.sd3 import StableDiffusion3Adapter
+    pipe = pipes["sd3"]
+    sched = FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15)
+    ad = StableDiffusion3Adapter(pipe)
+    ad.pipe = type(pipe)(**{**pipe.components, "scheduler": sched})
+    a = ad.for_latent(torch.zeros(1, 4, 16, 24))  # patch 1: 384 tokens
+    mu = 0.5 + 0.65 * (384 - 256) / 3840
+    assert math.isclose(a.shift_mu(), mu, rel_tol=1e-12)
+    sched.set_timesteps(sigmas=[0.6], mu=mu)
+    t = torch.tensor([0.599], dtype=torch.float64)
+    torch.testing.assert_close(a.alpha_sigma(t)[1], sched.sigmas[:1])
+    torch.testing.assert_close(a.model_timestep(t), sched.timesteps[:1])  # SD 3 takes 1000 sigma
+
+
 def test_flux_schnell_fixed_shift_and_no_guidance(schnell):
     ad = adapter_for(schnell)
     assert ad.for_latent(torch.zeros(1, 4, 64, 64)) is ad  # no dynamic shift: nothing depends on the size
