@@ -45,7 +45,8 @@ class AlignConfig:
       B = last (``self_weight``, :func:`attention.two_hop_self_attention`), averaged over the attention
       timesteps up to ``self_attention_t_max``;
     - ``renormalize=True``: each class heatmap min-max normalised again after refinement and resize;
-    - ``weighting="authors"``: epsilon-space MSE for DDPM-type models, plain velocity MSE for SD 3;
+    - ``weighting="authors"``: epsilon-space MSE for DDPM-type models (and PixArt-Sigma), plain velocity MSE
+      for SD 3 (and FLUX);
     - ``flow_shift=True``: SD 3 noise levels from the scheduler's shifted sigmas;
     - ``token_occurrence="first"``, ``resize="vae-bilinear"``, ``noise="stream"`` (one seeded stream
       per image: the attention noise, then the ELBO noise, as the authors draw them).
@@ -293,7 +294,9 @@ class Aligner:
         ad = self.adapter.configured(cfg.flow_shift)
         if caption is None:
             caption = default_caption(classes, cfg.caption_template, cfg.caption_item)
-        positions = [[p + ad.token_offset for p in token_positions(ad.tokenizer, caption, c, cfg.token_occurrence)]
+        positions = [[p + ad.token_offset for p in token_positions(ad.tokenizer, ad.prompt_text(caption),
+                                                                   ad.prompt_text(c), cfg.token_occurrence,
+                                                                   limit=ad.max_text_tokens)]
                      for c in classes]
         x0, image_hw = self.encode(image, cfg, latent)
         t_att = torch.as_tensor(attention_timesteps(cfg.attention_steps, cfg.attention_t_max), dtype=torch.float64)
@@ -306,7 +309,8 @@ class Aligner:
         rule = cfg.self_rule if cfg.self_attention else None
         self_avg, cross_maps, start = SelfAttentionAverage(rule, cfg.self_weight), [], 0
         for store in self.attention_passes(x0, caption, t_att, seed, cfg, noise=noise.attention, ad=ad,
-                                           self_attn=cfg.self_attention, segments=rule == "two_hop"):
+                                           self_attn=cfg.self_attention, segments=rule == "two_hop",
+                                           cross_tokens=1 + max(max(p) for p in positions)):
             self_avg.add(store, self_rows[start:start + store.batch])
             start += store.batch
             tok = aggregate_cross(store, cfg.layer_weights, self_avg.out_hw)  # (b, T_tokens, h, w)
@@ -367,7 +371,7 @@ class Aligner:
         """Alg. 1 line 2: noise x0 at each attention time (Eq. 2) and run the denoiser with the caption
         under :func:`capture_attention`; yields one store per batch of timesteps. ``noise`` (T_a, C, h, w)
         defaults to the attention part of :meth:`Noise.draw` for ``seed`` and ``cfg.noise``."""
-        ad = ad or self.adapter.configured(cfg.flow_shift)
+        ad = (ad or self.adapter.configured(cfg.flow_shift)).for_latent(x0)
         latent_hw = (x0.shape[-2] // ad.patch_size, x0.shape[-1] // ad.patch_size)
         if noise is None:
             noise = Noise.draw(x0.shape[1:], len(t_att), 0, seed, cfg.noise).attention

@@ -1,9 +1,17 @@
 """Attention capture through diffusers attention processors (Eq. 3: A = softmax(Q K^T / sqrt(d))).
 
-``capture_attention(denoiser, latent_hw)`` installs :class:`CaptureProcessor` (UNet cross/self
-attention) or :class:`JointCaptureProcessor` (SD3 joint attention) on the layers asked for via
-``set_attn_processor``, and restores the original processors on exit. Layers that are not
+``capture_attention(denoiser, latent_hw)`` installs :class:`CaptureProcessor` (UNet and PixArt
+cross/self attention), :class:`JointCaptureProcessor` (SD3 joint attention) or
+:class:`FluxCaptureProcessor` (FLUX double- and single-stream attention) on the layers asked for
+via ``set_attn_processor``, and restores the original processors on exit. Layers that are not
 captured keep their original (SDPA) processors. Maps are averaged over heads as they are made.
+
+Memory: per layer the captured cross-attention is (B, Nq, T') with T' the text tokens kept
+(``cross_tokens``: the aligner keeps only up to the last class token), and the self-attention
+of all layers of one resolution is summed in place into one (B, Nq, Nq) tensor, so a DiT (one
+resolution) holds one such tensor however many layers it has. The FLUX processor also forms the
+attention probabilities one head at a time, so its transient memory is (B, S, S) for S image +
+text tokens rather than (B, heads, S, S).
 """
 from __future__ import annotations
 
@@ -15,6 +23,7 @@ from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
+from diffusers.models.embeddings import apply_rotary_emb
 
 
 def attention_probs(query: torch.Tensor, key: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -31,6 +40,19 @@ def _explicit_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Ten
     """Eq. 3 with the probabilities materialised: returns (out (B,H,Nq,d), probs (B,H,Nq,Nk))."""
     probs = attention_probs(query, key, mask)
     return torch.matmul(probs.to(value.dtype), value), probs
+
+
+def head_mean_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                        mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eq. 3 one head at a time: (out (B, H, Nq, d), probabilities averaged over heads (B, Nq, Nk)), with at
+    most one head's (B, Nq, Nk) probabilities alive besides the running sum."""
+    outs, total = [], None
+    for h in range(query.shape[1]):
+        m = mask if mask is None or mask.ndim < 4 or mask.shape[1] == 1 else mask[:, h:h + 1]
+        out_h, probs_h = _explicit_attention(query[:, h:h + 1], key[:, h:h + 1], value[:, h:h + 1], m)
+        outs.append(out_h)
+        total = probs_h[:, 0] if total is None else total.add_(probs_h[:, 0])
+    return torch.cat(outs, 1), total.div_(query.shape[1])
 
 
 def grid_hw(latent_hw: tuple[int, int], n_tokens: int) -> tuple[int, int]:
@@ -59,6 +81,7 @@ class AttentionStore:
     all_resolutions: bool = False  # keep self-attention of every resolution (DiffSeg), not just the finest
     segments: bool = False         # keep self-attention per resolution segment (the authors' two-hop rule)
     keep_queries: bool = False     # keep cross-attention queries and modules (OVAM)
+    cross_tokens: int | None = None  # keep only the first cross_tokens text tokens' columns (None: all)
     queries: dict[str, torch.Tensor] = field(default_factory=dict)
     modules: dict[str, object] = field(default_factory=dict)
     segment_of: dict[str, int] = field(default_factory=dict)
@@ -73,20 +96,35 @@ class AttentionStore:
                 return next(iter(maps.values())).shape[0]
         raise ValueError("nothing was captured")
 
+    def add_cross(self, name: str, probs_bqt: torch.Tensor) -> None:
+        """Keep a layer's (B, Nq, T) head-averaged cross-attention (its first ``cross_tokens`` columns)."""
+        if self.cross_tokens is not None:
+            probs_bqt = probs_bqt[..., :self.cross_tokens]
+        # a slice is copied, so that the layer's full attention matrix it views can be freed
+        self.cross[name] = probs_bqt if probs_bqt._base is None else probs_bqt.clone()
+
+    @staticmethod
+    def _accumulate(sums: dict, key, probs: torch.Tensor) -> None:
+        """sums[key] += probs in place (the first map is copied: it may be a view the caller still uses)."""
+        if key in sums:
+            sums[key].add_(probs)
+        else:
+            sums[key] = probs.clone()
+
     def add_self(self, probs_bqk: torch.Tensor, name: str = "") -> None:
         n = probs_bqk.shape[-1]
         if self.segments:
             self._add_segment(probs_bqk, name)
             return
         if self.all_resolutions:
-            self.self_sums[n] = probs_bqk if n not in self.self_sums else self.self_sums[n] + probs_bqk
+            self._accumulate(self.self_sums, n, probs_bqk)
             self.self_counts[n] = self.self_counts.get(n, 0) + 1
             return
         if self.self_sums and n < max(self.self_sums):
             return
         if self.self_sums and n > max(self.self_sums):
             self.self_sums.clear(); self.self_counts.clear()
-        self.self_sums[n] = probs_bqk if n not in self.self_sums else self.self_sums[n] + probs_bqk
+        self._accumulate(self.self_sums, n, probs_bqk)
         self.self_counts[n] = self.self_counts.get(n, 0) + 1
 
     def _add_segment(self, probs_bqk: torch.Tensor, name: str) -> None:
@@ -102,7 +140,7 @@ class AttentionStore:
                     seg += 1
             self.segment_of[name] = seg
         seg = self.segment_of[name]
-        self.segment_sums[seg] = probs_bqk if seg not in self.segment_sums else self.segment_sums[seg] + probs_bqk
+        self._accumulate(self.segment_sums, seg, probs_bqk)
         self.segment_counts[seg] = self.segment_counts.get(seg, 0) + 1
 
     def layer_hw(self, n_tokens: int) -> tuple[int, int]:
@@ -175,7 +213,7 @@ class CaptureProcessor(UNetAttentionProcessor):
 
     def on_probs(self, probs, is_cross, attn, query):
         if is_cross and self.cross:
-            self.store.cross[self.name] = probs.mean(dim=1)
+            self.store.add_cross(self.name, probs.mean(dim=1))
             if self.store.keep_queries:
                 self.store.queries[self.name], self.store.modules[self.name] = query.detach(), attn
         elif not is_cross and self.self_attn:
@@ -214,7 +252,7 @@ class JointCaptureProcessor:
             query, key, value = torch.cat([query, cq], 2), torch.cat([key, ck], 2), torch.cat([value, cv], 2)
         out, probs = _explicit_attention(query, key, value)
         if encoder_hidden_states is not None and self.cross:
-            self.store.cross[self.name] = probs[:, :, :n_img, n_img:].mean(dim=1)
+            self.store.add_cross(self.name, probs[:, :, :n_img, n_img:].mean(dim=1))
         if self.self_attn:
             self.store.add_self(probs[:, :, :n_img, :n_img].mean(dim=1), self.name)
         hidden_states = out.transpose(1, 2).reshape(batch_size, -1, attn.heads * head_dim).to(query.dtype)
@@ -227,6 +265,57 @@ class JointCaptureProcessor:
         if encoder_hidden_states is not None:
             return hidden_states, encoder_hidden_states
         return hidden_states
+
+
+class FluxCaptureProcessor:
+    """Same computation as diffusers' FluxAttnProcessor (FLUX.1), keeping the image->text block of the joint
+    attention matrix as cross-attention and the image->image block as self-attention (sliced from the
+    joint softmax, not renormalised), averaged over heads one head at a time (:func:`head_mean_attention`).
+
+    Double-stream blocks (``encoder_hidden_states`` given) project text and image separately and attend
+    over [text, image]; single-stream blocks get the one [text, image] sequence. Either way the image
+    tokens are the last ``h * w`` of the ``latent_hw`` token grid, the text tokens the ones before."""
+
+    def __init__(self, store: AttentionStore, name: str, cross: bool, self_attn: bool):
+        self.store, self.name, self.cross, self.self_attn = store, name, cross, self_attn
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, image_rotary_emb=None):
+        if getattr(attn, "fused_projections", False):
+            raise ValueError("attention capture needs unfused projections; call transformer.unfuse_qkv_projections()")
+        heads = lambda x: x.unflatten(-1, (-1, attn.head_dim))  # noqa: E731  (B, S, H, d)
+        query, key = heads(attn.to_q(hidden_states)), heads(attn.to_k(hidden_states))
+        value = heads(attn.to_v(hidden_states))
+        query, key = attn.norm_q(query), attn.norm_k(key)
+        if attn.added_kv_proj_dim is not None:
+            cq = attn.norm_added_q(heads(attn.add_q_proj(encoder_hidden_states)))
+            ck = attn.norm_added_k(heads(attn.add_k_proj(encoder_hidden_states)))
+            cv = heads(attn.add_v_proj(encoder_hidden_states))
+            query, key, value = torch.cat([cq, query], 1), torch.cat([ck, key], 1), torch.cat([cv, value], 1)
+        if image_rotary_emb is not None:
+            query = apply_rotary_emb(query, image_rotary_emb, sequence_dim=1)
+            key = apply_rotary_emb(key, image_rotary_emb, sequence_dim=1)
+        n_img = self.store.latent_hw[0] * self.store.latent_hw[1]
+        n_txt = query.shape[1] - n_img
+        if n_txt < 0:
+            raise ValueError(f"{self.name}: {query.shape[1]} tokens cannot hold a {self.store.latent_hw} image grid")
+        out, probs = head_mean_attention(query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2),
+                                         attention_mask)
+        if self.cross:
+            self.store.add_cross(self.name, probs[:, n_txt:, :n_txt])
+        if self.self_attn:
+            self.store.add_self(probs[:, n_txt:, n_txt:], self.name)
+        del probs
+        hidden_states = out.transpose(1, 2).flatten(2, 3).to(query.dtype)
+        if encoder_hidden_states is not None:
+            encoder_hidden_states, hidden_states = hidden_states.split_with_sizes(
+                [encoder_hidden_states.shape[1], hidden_states.shape[1] - encoder_hidden_states.shape[1]], dim=1)
+            hidden_states = attn.to_out[1](attn.to_out[0](hidden_states.contiguous()))
+            return hidden_states, attn.to_add_out(encoder_hidden_states.contiguous())
+        return hidden_states
+
+
+# capture processor for a layer's original processor class; any other: by ``joint`` (UNet or SD3 layout)
+CAPTURE_FOR = {"FluxAttnProcessor": FluxCaptureProcessor, "FluxAttnProcessor2_0": FluxCaptureProcessor}
 
 
 def is_cross_attention_layer(name: str, joint: bool) -> bool:
@@ -242,18 +331,21 @@ def is_self_attention_layer(name: str, joint: bool) -> bool:
 def capture_attention(denoiser: torch.nn.Module, latent_hw: tuple[int, int], *, joint: bool = False,
                       cross: bool = True, self_attn: bool = True,
                       layer_filter: Callable[[str], bool] | None = None, all_resolutions: bool = False,
-                      segments: bool = False, keep_queries: bool = False) -> Iterator[AttentionStore]:
+                      segments: bool = False, keep_queries: bool = False,
+                      cross_tokens: int | None = None) -> Iterator[AttentionStore]:
     """Install capture processors on ``denoiser`` for one or more forward passes; restore on exit.
 
     ``latent_hw`` is the denoiser's token grid at the finest resolution (latent size / patch size).
     ``all_resolutions`` keeps self-attention of every resolution; ``segments`` keeps it per resolution
     segment in forward order (for :func:`two_hop_self_attention`); ``keep_queries`` keeps the
-    cross-attention queries (for attribution prompts, OVAM).
+    cross-attention queries (for attribution prompts, OVAM); ``cross_tokens`` keeps only the first text
+    tokens' cross-attention (memory: a T5 sequence has up to 512 tokens, a class phrase is near its start).
+    The processor for each layer follows its original processor (:data:`CAPTURE_FOR`), else ``joint``.
     """
     original = dict(denoiser.attn_processors)
     store = AttentionStore(latent_hw=tuple(latent_hw), all_resolutions=all_resolutions, segments=segments,
-                           keep_queries=keep_queries)
-    cls = JointCaptureProcessor if joint else CaptureProcessor
+                           keep_queries=keep_queries, cross_tokens=cross_tokens)
+    default = JointCaptureProcessor if joint else CaptureProcessor
     new = {}
     for name, proc in original.items():
         if layer_filter is not None and not layer_filter(name):
@@ -261,6 +353,7 @@ def capture_attention(denoiser: torch.nn.Module, latent_hw: tuple[int, int], *, 
             continue
         want_cross = cross and is_cross_attention_layer(name, joint)
         want_self = self_attn and is_self_attention_layer(name, joint)
+        cls = CAPTURE_FOR.get(type(proc).__name__, default)
         new[name] = cls(store, name, want_cross, want_self) if (want_cross or want_self) else proc
     denoiser.set_attn_processor(new)
     try:
@@ -273,15 +366,16 @@ def capture_attention(denoiser: torch.nn.Module, latent_hw: tuple[int, int], *, 
 
 def layer_level(name: str) -> str:
     """'down_blocks.1.attentions.0...' -> 'down1'; 'mid_block...' -> 'mid'; 'up_blocks.2...' -> 'up2';
-    'transformer_blocks.7...' -> 'block7' (MMDiT)."""
+    'transformer_blocks.7...' -> 'block7' (MMDiT, PixArt, FLUX double-stream); 'single_transformer_blocks.3...'
+    -> 'single3' (FLUX single-stream)."""
     m = re.match(r"(down|up)_blocks\.(\d+)\.", name)
     if m:
         return f"{m.group(1)}{m.group(2)}"
     if name.startswith("mid_block"):
         return "mid"
-    m = re.match(r"transformer_blocks\.(\d+)\.", name)
+    m = re.match(r"(single_)?transformer_blocks\.(\d+)\.", name)
     if m:
-        return f"block{m.group(1)}"
+        return f"{'single' if m.group(1) else 'block'}{m.group(2)}"
     return name
 
 
@@ -322,17 +416,20 @@ def level_weight(level: str, levels: list[str]) -> float:
 
 
 def ordered_levels(names: list[str]) -> list[str]:
-    """Levels in U-Net order: down blocks by index, mid, up blocks by index (MMDiT: block order)."""
+    """Levels in U-Net order: down blocks by index, mid, up blocks by index (DiT: block order, FLUX's
+    single-stream blocks after its double-stream ones, as they run)."""
     def key(level: str):
         if level.startswith("down"):
-            return (0, int(level[4:]))
+            return (0, 0, int(level[4:]))
         if level == "mid":
-            return (1, 0)
+            return (1, 0, 0)
         if level.startswith("up"):
-            return (2, int(level[2:]))
+            return (2, 0, int(level[2:]))
         if level.startswith("block"):
-            return (1, int(level[5:]))
-        return (3, 0)
+            return (1, 0, int(level[5:]))
+        if level.startswith("single"):
+            return (1, 1, int(level[6:]))
+        return (3, 0, 0)
     return sorted(dict.fromkeys(layer_level(n) for n in names), key=key)
 
 

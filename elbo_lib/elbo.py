@@ -22,7 +22,9 @@ flow         u = eps - x0          alpha (u - u_hat)      alpha_t^2 = (1 - t)^2
 - ``"authors"`` (default, the official configuration): what the authors' code computes. For
   DDPM-type models (epsilon, v, sample) it converts the prediction to epsilon and takes
   ``mse(eps, eps_hat)``, which is ``"eps"`` below; for flow matching (SD 3) it takes the plain
-  velocity MSE ``mse(eps - x0, u_hat)``, which is ``"native"``.
+  velocity MSE ``mse(eps - x0, u_hat)``, which is ``"native"``. Beyond the paper's models the same
+  rule applies: FLUX (flow) gets the plain velocity MSE, PixArt-Sigma (epsilon, learned sigma) the
+  eps MSE on its epsilon channels (``models.flux``, ``models.pixart``).
 - ``"eps"``: w(t) above, so every objective is compared in the same epsilon-space error, with
   equal weight per sampled timestep (for SD 3 this multiplies the velocity MSE by (1 - sigma)^2).
 - ``"native"``: the plain per-timestep MSE in the model's own parameterisation.
@@ -138,6 +140,7 @@ def class_losses(adapter: PipelineAdapter, x0: torch.Tensor, cond: TextCondition
     halved and the chunk retried."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    adapter = adapter.for_latent(x0)
     N, T = len(cond), len(t)
     alpha_t, sigma_t = adapter.alpha_sigma(t)
     view = (-1,) + (1,) * (x0.ndim - 1)
@@ -173,6 +176,7 @@ def class_losses(adapter: PipelineAdapter, x0: torch.Tensor, cond: TextCondition
 @torch.no_grad()
 def class_losses_loop(adapter: PipelineAdapter, x0, cond: TextCondition, t, eps, weighting: str = "authors") -> torch.Tensor:
     """Reference implementation: one denoiser call per (class, timestep), as the authors' code."""
+    adapter = adapter.for_latent(x0)
     N, T = len(cond), len(t)
     out = torch.empty(N, T)
     w = objective_weight(adapter, t, weighting)

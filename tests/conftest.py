@@ -7,7 +7,8 @@ warnings.filterwarnings("ignore")
 import pytest
 import torch
 
-from elbo_lib.models.random_init import tiny_sd3_pipeline, tiny_sd_pipeline, tiny_sdxl_pipeline
+from elbo_lib.models.random_init import (tiny_flux_pipeline, tiny_pixart_pipeline, tiny_sd3_pipeline, tiny_sd_pipeline,
+                                        tiny_sdxl_pipeline)
 
 torch.set_num_threads(2)
 
@@ -16,6 +17,8 @@ FAMILIES = {
     "sd2v": lambda: tiny_sd_pipeline("v_prediction"),
     "sdxl": tiny_sdxl_pipeline,
     "sd3": tiny_sd3_pipeline,
+    "flux": tiny_flux_pipeline,      # FLUX.1-dev shaped: guidance embedding, dynamic shift
+    "pixart": tiny_pixart_pipeline,  # PixArt-Sigma shaped: learned sigma, masked T5 cross-attention
 }
 
 

@@ -12,7 +12,8 @@ from elbo_lib.models import adapter_for
 def _inputs(ad, seed=0, batch=2):
     g = torch.Generator().manual_seed(seed)
     h, w = ad.resolution
-    z = torch.randn((batch, 4, h // ad.pipe.vae_scale_factor, w // ad.pipe.vae_scale_factor), generator=g)
+    z = torch.randn((batch, ad.pipe.vae.config.latent_channels, h // ad.pipe.vae_scale_factor,
+                     w // ad.pipe.vae_scale_factor), generator=g)
     t = torch.tensor([0.05, 0.5][:batch], dtype=torch.float64)
     cond = ad.encode_text(["a photo of a red circle and a cat"] * batch)
     return z, t, cond

@@ -7,39 +7,61 @@ from pathlib import Path
 
 import torch
 
-from .base import OBJECTIVES, PipelineAdapter, TextCondition, adapter_for, supported_pipelines, to_pil_rgb
+from .base import (OBJECTIVES, PipelineAdapter, TextCondition, adapter_class, adapter_for, supported_pipelines,
+                   to_pil_rgb)
+from .flux import FluxAdapter
+from .pixart import PixArtSigmaAdapter
 from .sd3 import StableDiffusion3Adapter
 from .stable_diffusion import StableDiffusionAdapter, StableDiffusionXLAdapter
 
 __all__ = ["OBJECTIVES", "PipelineAdapter", "TextCondition", "adapter_for", "supported_pipelines", "to_pil_rgb",
-           "load_pipeline", "model_hints", "dir_hints", "default_device_dtype", "StableDiffusionAdapter",
-           "StableDiffusionXLAdapter", "StableDiffusion3Adapter"]
+           "load_pipeline", "pipeline_class_name", "adapter_class", "model_hints", "dir_hints", "default_device_dtype",
+           "StableDiffusionAdapter",
+           "StableDiffusionXLAdapter", "StableDiffusion3Adapter", "FluxAdapter", "PixArtSigmaAdapter"]
 
 
-def default_device_dtype(device: str | None = None, dtype: torch.dtype | None = None) -> tuple[str, torch.dtype]:
-    """CUDA -> fp16 (bf16 where supported and fp16 is not asked for); CPU -> fp32."""
+def default_device_dtype(device: str | None = None, dtype: torch.dtype | None = None,
+                         cuda_dtype: torch.dtype = torch.float16) -> tuple[str, torch.dtype]:
+    """CUDA -> ``cuda_dtype`` (fp16; a family's adapter may ask for bf16, as FLUX does); CPU -> fp32."""
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if dtype is None:
-        dtype = torch.float16 if str(device).startswith("cuda") else torch.float32
+        dtype = cuda_dtype if str(device).startswith("cuda") else torch.float32
     return device, dtype
+
+
+def pipeline_class_name(model: str | os.PathLike) -> str | None:
+    """The pipeline class a directory's or hub id's ``model_index.json`` names, before any weight is loaded
+    (None where the index cannot be read, e.g. offline without a cache: loading then says why)."""
+    from diffusers import DiffusionPipeline
+
+    index = Path(model) / "model_index.json"
+    try:
+        config = json.loads(index.read_text()) if index.exists() else DiffusionPipeline.load_config(str(model))
+    except (OSError, ValueError):
+        return None
+    return config.get("_class_name")
 
 
 def load_pipeline(model: str | os.PathLike = "data/toy-sd", device: str | None = None,
                   dtype: torch.dtype | None = None, **kwargs):
     """Load a diffusers text-to-image pipeline from a local directory or a hub id.
 
-    Device and dtype default to CUDA + fp16 when available, else CPU + fp32. Missing weights give
-    an error that says how to obtain them (this machine may be offline)."""
+    Device and dtype default to CUDA with the family's dtype (fp16; bf16 for FLUX) when available, else
+    CPU + fp32. The pipeline class is read from ``model_index.json`` first, so an unsupported family fails
+    before its weights load, naming the supported classes. Missing weights give an error that says how to
+    obtain them (this machine may be offline)."""
     from diffusers import DiffusionPipeline
 
-    device, dtype = default_device_dtype(device, dtype)
     path = Path(model)
     if path.exists() and not (path / "model_index.json").exists():
         raise FileNotFoundError(f"{path} exists but has no model_index.json; it is not a diffusers pipeline directory")
     if not path.exists() and (str(model).startswith((".", "/")) or os.sep in str(model) and str(model).count("/") > 1):
         raise FileNotFoundError(f"no pipeline directory at {path}; for the toy model run `make toy-model`, "
                                 "for hub models pass an id such as 'stabilityai/stable-diffusion-2-1-base'")
+    name = pipeline_class_name(model)
+    adapter = adapter_class(name) if name else None  # an unsupported class fails here, before its weights load
+    device, dtype = default_device_dtype(device, dtype, adapter.cuda_dtype if adapter else torch.float16)
     if (path / "model_index.json").exists():  # components saved as absent (SD 3 without T5) are loaded as absent
         index = json.loads((path / "model_index.json").read_text())
         kwargs = {**{k: None for k, v in index.items() if v == [None, None]}, **kwargs}

@@ -2,8 +2,9 @@
 
 An adapter knows how to encode an image to the denoiser's latent x0, encode prompts, noise
 x0 at a continuous time t in [0, 1] (Eq. 2: z_t = alpha_t x0 + sigma_t eps), call the denoiser,
-and which quantity the denoiser predicts (its objective, Table I). Adding a family (FLUX,
-PixArt, ...) is one new subclass registered with :func:`register`.
+and which quantity the denoiser predicts (its objective, Table I). Adding a family is one new
+subclass registered with :func:`register`, as ``models.flux`` (FLUX.1) and ``models.pixart``
+(PixArt-Sigma) are; the method modules (aligner, elbo, calibrate) only call this interface.
 """
 from __future__ import annotations
 
@@ -40,7 +41,8 @@ class PipelineAdapter:
     family: ClassVar[str] = "base"
     joint_attention: ClassVar[bool] = False  # MMDiT: image and text tokens in one attention
     patch_size: int = 1
-    flow_shift: bool = True  # flow matching: the scheduler's shifted sigma grid (see models.sd3)
+    cuda_dtype: ClassVar[torch.dtype] = torch.float16  # load_pipeline's default dtype on CUDA for this family
+    flow_shift: bool = True  # flow matching: the scheduler's shifted sigma grid (see models.flow)
 
     def __init__(self, pipe):
         self.pipe = pipe
@@ -91,6 +93,20 @@ class PipelineAdapter:
     def token_offset(self) -> int:
         """Index of the tokenizer's first token among the attention's text keys."""
         return 0
+
+    @property
+    def max_text_tokens(self) -> int:
+        """How many of the tokenizer's tokens the denoiser sees (a class phrase past it has no attention)."""
+        return int(self.tokenizer.model_max_length)
+
+    def prompt_text(self, text: str) -> str:
+        """The text the pipeline's tokenizer receives for a prompt ``text`` (where token positions are looked up)."""
+        return text
+
+    def for_latent(self, x0: torch.Tensor) -> "PipelineAdapter":
+        """This adapter with anything that depends on the latent's size fixed to ``x0``'s (FLUX's
+        resolution-dependent noise schedule, :mod:`.flow`); the same adapter where nothing does."""
+        return self
 
     # ---- images ---------------------------------------------------------------------------------
     def preprocess(self, image, resolution: tuple[int, int] | None = None, resize: str = "vae-bilinear") -> torch.Tensor:
@@ -196,12 +212,16 @@ def supported_pipelines() -> list[str]:
     return [name for cls in _REGISTRY for name in cls.pipeline_classes]
 
 
+def adapter_class(pipeline_class: str) -> type[PipelineAdapter]:
+    """The adapter class for a diffusers pipeline class name (or a clear error listing the supported classes)."""
+    for cls in _REGISTRY:
+        if pipeline_class in cls.pipeline_classes:
+            return cls
+    raise ValueError(f"unsupported pipeline class {pipeline_class}; supported: {', '.join(supported_pipelines())}")
+
+
 def adapter_for(pipe) -> PipelineAdapter:
     """The adapter for a loaded diffusers pipeline (or a clear error listing the supported classes)."""
     if isinstance(pipe, PipelineAdapter):
         return pipe
-    name = type(pipe).__name__
-    for cls in _REGISTRY:
-        if name in cls.pipeline_classes:
-            return cls(pipe)
-    raise ValueError(f"unsupported pipeline class {name}; supported: {', '.join(supported_pipelines())}")
+    return adapter_class(type(pipe).__name__)(pipe)

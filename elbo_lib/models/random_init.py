@@ -4,13 +4,14 @@ SD1.5-shaped UNet (``sd15_random_pipeline``) has the real architecture at 512 px
 from __future__ import annotations
 
 import torch
-from diffusers import (AutoencoderKL, DDIMScheduler, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel,
-                       StableDiffusion3Pipeline, StableDiffusionPipeline, StableDiffusionXLPipeline,
-                       UNet2DConditionModel)
+from diffusers import (AutoencoderKL, DDIMScheduler, DPMSolverMultistepScheduler, FlowMatchEulerDiscreteScheduler,
+                       FluxPipeline, FluxTransformer2DModel, PixArtSigmaPipeline, PixArtTransformer2DModel,
+                       SD3Transformer2DModel, StableDiffusion3Pipeline, StableDiffusionPipeline,
+                       StableDiffusionXLPipeline, UNet2DConditionModel)
 from transformers import (CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, T5Config, T5EncoderModel,
                           T5TokenizerFast)
 
-from .tokenizer import build_tokenizer
+from .tokenizer import build_t5_tokenizer, build_tokenizer
 
 # whole-word tokens of the tiny tokenizers; any other word falls back to characters
 WORDS = ["a", "and", "photo", "of", ",", "red", "green", "blue", "yellow", "purple", "circle", "square", "triangle",
@@ -27,6 +28,22 @@ def tiny_t5_tokenizer():
     vocab = ([("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)] + [("▁" + w, -1.0) for w in dict.fromkeys(WORDS)]
              + [(c, -5.0) for c in chars])
     return T5TokenizerFast(vocab=vocab, extra_ids=0)
+
+
+def _finish(pipe):
+    """Modules in eval mode, as ``from_pretrained`` leaves them (T5's dropout would otherwise make every
+    prompt encoding random), and no progress bars."""
+    for module in pipe.components.values():
+        if isinstance(module, torch.nn.Module):
+            module.eval()
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _t5_encoder(tok, d_model: int = 32) -> T5EncoderModel:
+    return T5EncoderModel(T5Config(vocab_size=len(tok), d_model=d_model, d_ff=37, d_kv=8, num_layers=2, num_heads=4,
+                                   relative_attention_num_buckets=8, pad_token_id=tok.pad_token_id,
+                                   eos_token_id=tok.eos_token_id))
 
 
 def _clip_config(tok, hidden: int = 32, projection: int = 32, layers: int = 2) -> CLIPTextConfig:
@@ -59,8 +76,7 @@ def tiny_sd_pipeline(prediction_type: str = "epsilon", seed: int = 0) -> StableD
     pipe = StableDiffusionPipeline(vae=_vae(), text_encoder=CLIPTextModel(_clip_config(tok)), tokenizer=tok, unet=unet,
                                    scheduler=_ddim(prediction_type), safety_checker=None, feature_extractor=None,
                                    requires_safety_checker=False)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return _finish(pipe)
 
 
 def tiny_sdxl_pipeline(seed: int = 0) -> StableDiffusionXLPipeline:
@@ -75,8 +91,7 @@ def tiny_sdxl_pipeline(seed: int = 0) -> StableDiffusionXLPipeline:
     pipe = StableDiffusionXLPipeline(vae=_vae(), text_encoder=CLIPTextModel(_clip_config(tok)),
                                      text_encoder_2=CLIPTextModelWithProjection(_clip_config(tok)), tokenizer=tok,
                                      tokenizer_2=tiny_clip_tokenizer(), unet=unet, scheduler=_ddim())
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return _finish(pipe)
 
 
 def tiny_sd3_pipeline(seed: int = 0, with_t5: bool = True) -> StableDiffusion3Pipeline:
@@ -96,8 +111,48 @@ def tiny_sd3_pipeline(seed: int = 0, with_t5: bool = True) -> StableDiffusion3Pi
         text_encoder=CLIPTextModelWithProjection(_clip_config(tok)), tokenizer=tok,
         text_encoder_2=CLIPTextModelWithProjection(_clip_config(tok)), tokenizer_2=tiny_clip_tokenizer(),
         text_encoder_3=t5, tokenizer_3=t5_tok)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return _finish(pipe)
+
+
+def tiny_flux_pipeline(seed: int = 0, guidance_embeds: bool = True, dynamic_shift: bool = True,
+                       text_tokens: int = 32) -> FluxPipeline:
+    """FLUX.1-dev shaped (guidance embedding, dynamic shift) unless told otherwise (schnell: neither):
+    two double-stream and two single-stream blocks, 4 latent channels packed 2x2 into 16, a locally
+    built T5 Unigram tokenizer of ``text_tokens`` tokens, 32 px images (a 16x16 latent, 8x8 tokens)."""
+    torch.manual_seed(seed)
+    t5_tok = build_t5_tokenizer(WORDS, model_max_length=text_tokens)
+    transformer = FluxTransformer2DModel(patch_size=1, in_channels=16, out_channels=16, num_layers=2,
+                                         num_single_layers=2, attention_head_dim=16, num_attention_heads=2,
+                                         joint_attention_dim=32, pooled_projection_dim=32,
+                                         guidance_embeds=guidance_embeds, axes_dims_rope=(4, 4, 8))
+    tok = tiny_clip_tokenizer()
+    sched = FlowMatchEulerDiscreteScheduler(shift=1.0, use_dynamic_shifting=dynamic_shift, base_shift=0.5,
+                                            max_shift=1.15, base_image_seq_len=256, max_image_seq_len=4096)
+    pipe = FluxPipeline(scheduler=sched, vae=_vae(use_quant_conv=False, use_post_quant_conv=False, shift_factor=0.1159,
+                                                  scaling_factor=0.3611),
+                        text_encoder=CLIPTextModel(_clip_config(tok)), tokenizer=tok, text_encoder_2=_t5_encoder(t5_tok),
+                        tokenizer_2=t5_tok, transformer=transformer)
+    pipe.default_sample_size = 16  # 16 latent pixels = 32 px native (FLUX.1's 128 = 1024 px)
+    return _finish(pipe)
+
+
+def tiny_pixart_pipeline(seed: int = 0, text_tokens: int = 32) -> PixArtSigmaPipeline:
+    """PixArt-Sigma shaped: a two-block DiT with patch 2, learned sigma (8 output channels for 4 latent ones),
+    cross-attention to a tiny T5 with a locally built Unigram tokenizer, PixArt-Sigma's DPM-Solver scheduler
+    (linear betas), 32 px images (a 16x16 latent, 8x8 tokens)."""
+    torch.manual_seed(seed)
+    t5_tok = build_t5_tokenizer(WORDS, model_max_length=text_tokens)
+    transformer = PixArtTransformer2DModel(sample_size=16, num_layers=2, patch_size=2, attention_head_dim=8,
+                                           num_attention_heads=3, caption_channels=32, in_channels=4,
+                                           cross_attention_dim=24, out_channels=8, attention_bias=True,
+                                           activation_fn="gelu-approximate", num_embeds_ada_norm=1000,
+                                           norm_type="ada_norm_single", norm_elementwise_affine=False, norm_eps=1e-6,
+                                           use_additional_conditions=False)
+    sched = DPMSolverMultistepScheduler(beta_start=0.0001, beta_end=0.02, beta_schedule="linear",
+                                        prediction_type="epsilon", num_train_timesteps=1000)
+    pipe = PixArtSigmaPipeline(tokenizer=t5_tok, text_encoder=_t5_encoder(t5_tok), vae=_vae(), transformer=transformer,
+                               scheduler=sched)
+    return _finish(pipe)
 
 
 def sd15_random_pipeline(seed: int = 0) -> StableDiffusionPipeline:
@@ -112,5 +167,4 @@ def sd15_random_pipeline(seed: int = 0) -> StableDiffusionPipeline:
     te = CLIPTextModel(_clip_config(tok, hidden=768, projection=768, layers=2))
     pipe = StableDiffusionPipeline(vae=vae, text_encoder=te, tokenizer=tok, unet=unet, scheduler=_ddim(),
                                    safety_checker=None, feature_extractor=None, requires_safety_checker=False)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return _finish(pipe)

@@ -1,15 +1,22 @@
-"""A CLIP byte-pair tokenizer built locally from a word list (no hub access).
+"""Tokenizers built locally from a word list (no hub access).
 
-The vocabulary holds CLIP's 256 byte symbols, the same with the end-of-word marker, one merge
-chain per word (so each word becomes a single token) and the two special tokens. Any text still
-tokenises: unknown words fall back to characters.
+CLIP byte-pair (:func:`build_tokenizer`): the vocabulary holds CLIP's 256 byte symbols, the same
+with the end-of-word marker, one merge chain per word (so each word becomes a single token) and
+the two special tokens. Any text still tokenises: unknown words fall back to characters.
+
+T5 sentencepiece (:func:`build_t5_tokenizer`): a ``tokenizers`` Unigram model with T5's
+pre-tokenisation (whitespace split, ``"▁"`` word-start marker prepended to every word) and
+post-processing (``</s>`` appended, no BOS), wrapped as ``T5TokenizerFast``. Each word is one
+piece ``"▁word"``; other text falls back to single characters, as a real sentencepiece
+model does for rare words.
 """
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-from transformers import CLIPTokenizer
+from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+from transformers import CLIPTokenizer, T5TokenizerFast
 
 
 def _byte_symbols() -> list[str]:
@@ -74,3 +81,23 @@ def build_tokenizer(words: list[str], model_max_length: int = 40, save_dir: str 
     if save_dir is not None:
         tok.save_pretrained(save_dir)
     return tok
+
+
+T5_SPECIALS = ("<pad>", "</s>", "<unk>")  # T5's ids 0, 1, 2
+T5_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789,.;:!?'()-"
+
+
+def build_t5_tokenizer(words: list[str], model_max_length: int = 64) -> T5TokenizerFast:
+    """A T5 sentencepiece (Unigram) tokenizer whose vocabulary holds ``"▁" + word`` for each of ``words``
+    (scores favour whole words over characters), the bare marker and single characters."""
+    pieces = [(p, 0.0) for p in T5_SPECIALS] + [("▁" + w, -1.0) for w in dict.fromkeys(words)]
+    pieces += [("▁", -4.0)] + [(c, -5.0) for c in T5_CHARS]
+    tk = Tokenizer(models.Unigram(pieces, unk_id=T5_SPECIALS.index("<unk>")))
+    tk.normalizer = normalizers.Replace(Regex(" {2,}"), " ")
+    tk.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(),
+                                                pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")])
+    tk.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
+    tk.post_processor = processors.TemplateProcessing(single="$A </s>", pair="$A </s> $B </s>",
+                                                      special_tokens=[("</s>", T5_SPECIALS.index("</s>"))])
+    return T5TokenizerFast(tokenizer_object=tk, eos_token="</s>", unk_token="<unk>", pad_token="<pad>", extra_ids=0,
+                           model_max_length=model_max_length)
