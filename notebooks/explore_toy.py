@@ -22,13 +22,14 @@ from IPython.display import display
 from elbo_lib import load_pipeline
 from elbo_lib.toy.explore import ExplorerApp, ToyExplorer
 
-app = ExplorerApp(ToyExplorer(load_pipeline(model, device=device), model), seed=seed)
+pipe = load_pipeline(model, device=device)
+app = ExplorerApp(ToyExplorer(pipe, model), seed=seed)
 display(app.widget)
 
 # %% tags=["nbval-check-output"]
-# the page's update path on a second, undisplayed copy (sharing the measurements): a small target, then
-# gamma = 1 (no calibration: the heatmaps equal the raw maps)
-check = ExplorerApp(app.explorer, seed=seed)
+# the page's update path on a second, undisplayed app (its own measurements, so the page's count stays its
+# own): a small target, then gamma = 1 (no calibration: the heatmaps equal the raw maps)
+check = ExplorerApp(ToyExplorer(pipe, model), seed=seed)
 check.controls["target_radius"].value = 6.0
 print(dict(zip(check.result.classes, np.round(check.result.scores, 3))))
 check.controls["gamma"].value = 1.0

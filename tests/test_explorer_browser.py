@@ -78,9 +78,11 @@ def page():
 
 
 def _scores(driver) -> dict[str, float]:
-    from selenium.webdriver.common.by import By
-    rows = driver.find_elements(By.CSS_SELECTOR, "table.elbo-scores tr[data-class]")
-    return {r.get_attribute("data-class"): float(r.find_element(By.CSS_SELECTOR, "td.score").text) for r in rows}
+    """The S column of the page's table, read in one script call (the table is replaced on every update)."""
+    rows = driver.execute_script(
+        "return Array.from(document.querySelectorAll('table.elbo-scores tr[data-class]'))"
+        ".map(r => [r.dataset.class, r.querySelector('td.score').textContent]);")
+    return {c: float(v) for c, v in rows}
 
 
 def _wait(driver, what, timeout=240):
@@ -113,7 +115,7 @@ def _library_scores(knobs: dict, **view) -> dict[str, float]:
 
 def _measurements(driver) -> int:
     """The page's count of model measurements so far (its status line)."""
-    text = driver.find_element("css selector", ".elbo-status").text
+    text = driver.execute_script("const e = document.querySelector('.elbo-status'); return e ? e.textContent : '';")
     return int(text.split(" model measurement")[0].split()[-1]) if " model measurement" in text else -1
 
 
@@ -124,15 +126,17 @@ def test_sliders_update_the_page_as_the_library_computes(page):
         shot0, calls = _heatmap_png(driver), _measurements(driver)
         assert first == _library_scores({}) and calls >= 1
 
+        expected = _library_scores({}, gamma=0.6)
+        assert expected != first
         _set_slider(driver, "gamma", "0.6")  # calibration only: no model call
-        after_gamma = _wait(driver, lambda d: (s := _scores(d)) != first and s)
-        assert after_gamma == _library_scores({}, gamma=0.6) and _measurements(driver) == calls
+        _wait(driver, lambda d: _scores(d) == expected, timeout=60)
+        assert _measurements(driver) == calls
         shot1 = _heatmap_png(driver)
         assert shot1 != shot0
 
+        expected = _library_scores({"target_radius": 8.0}, gamma=0.6)
         _set_slider(driver, "target_radius", "8")  # a new scene: one more model measurement, with progress
-        _wait(driver, lambda d: _measurements(d) == calls + 1)
-        assert _scores(driver) == _library_scores({"target_radius": 8.0}, gamma=0.6) != after_gamma
+        _wait(driver, lambda d: _measurements(d) == calls + 1 and _scores(d) == expected)
         assert _heatmap_png(driver) != shot1
         driver.save_screenshot(str(SHOTS / "explorer.png"))
     except BaseException:

@@ -127,18 +127,18 @@ def widget_ranges() -> dict:
 
 def controls() -> dict:
     """ipywidgets for every control, from :data:`CONTROLS` (for ``ipywidgets.interactive``)."""
-    out = {}
+    out, style = {}, {"description_width": "130px"}  # the knob names in full
     for c in CONTROLS:
         if c.choices is not None:
             numeric = all(isinstance(v, (int, float)) for v in c.choices)
             out[c.name] = (w.SelectionSlider if numeric and len(c.choices) > 3 else w.Dropdown)(
-                options=list(c.choices), value=c.default, description=c.name)
+                options=list(c.choices), value=c.default, description=c.name, style=style)
         elif c.range is not None:
             lo, hi, step = c.range
             cls = w.IntSlider if isinstance(c.default, int) and not isinstance(c.default, bool) else w.FloatSlider
-            out[c.name] = cls(value=c.default, min=lo, max=hi, step=step, description=c.name)
+            out[c.name] = cls(value=c.default, min=lo, max=hi, step=step, description=c.name, style=style)
         else:
-            out[c.name] = w.Checkbox(value=bool(c.default), description=c.name)
+            out[c.name] = w.Checkbox(value=bool(c.default), description=c.name, style=style)
     return out
 
 
