@@ -62,7 +62,7 @@ NOTEBOOKS = [
           {"limit": 200}),
     Entry("table3_models", "Table III", "calibration helps every model and objective",
           lambda d: "; ".join(f"{m}: " + _rows(g, "heldout_mIoU", ["uncalibrated", "calibrated"]) for m, g in d.groupby("model")),
-          {"limit": 200}),
+          {"limit": 100}),  # 100 + 100 images per model: the v and SD 3 measurements (about 6 min) keep the total <= 30 min
     Entry("table4_noun_phrases", "Table IV", "the whole noun phrase gives the better S",
           lambda d: "; ".join(f"{p}: {g[g.variant == 'calibrated'].heldout_mIoU.iloc[0]:.3f}" for p, g in d.groupby("ELBO prompt")),
           {"limit": 120}),  # the single-noun ELBO is a second superset measurement: 120 + 120 images keep the total <= 30 min
