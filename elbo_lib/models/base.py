@@ -165,6 +165,20 @@ class PipelineAdapter:
         raise NotImplementedError
 
 
+class TransformerDenoiser:
+    """Mixin for DiT pipelines (SD 3, FLUX, PixArt): the denoiser is ``pipe.transformer`` and its token grid is
+    the latent grid divided by the transformer's patch size (an adapter whose pipeline packs patches itself, as
+    FLUX's does, sets ``patch_size`` as a class attribute instead)."""
+
+    @property
+    def denoiser(self):
+        return self.pipe.transformer
+
+    @property
+    def patch_size(self) -> int:
+        return int(self.denoiser.config.patch_size)
+
+
 def to_pil_rgb(image) -> Image.Image:
     """Accept PIL images, numpy arrays and torch tensors; return an RGB PIL image or raise."""
     if isinstance(image, (str,)):

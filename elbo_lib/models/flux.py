@@ -33,14 +33,14 @@ Beyond the paper's models (its Table I has no FLUX row); the method carries over
 from __future__ import annotations
 
 import torch
-from .base import TextCondition, register
+from .base import TextCondition, TransformerDenoiser, register
 from .flow import FlowMatchAdapter
 
 MAX_T5_TOKENS = 512  # FluxPipeline's max_sequence_length
 
 
 @register
-class FluxAdapter(FlowMatchAdapter):
+class FluxAdapter(TransformerDenoiser, FlowMatchAdapter):
     pipeline_classes = ("FluxPipeline", "FluxImg2ImgPipeline")
     family = "flux"
     joint_attention = True
@@ -48,10 +48,6 @@ class FluxAdapter(FlowMatchAdapter):
     timestep_scale = 1.0 / 1000  # the transformer takes sigma (it multiplies by 1000 itself)
     cuda_dtype = torch.bfloat16  # FLUX.1 is released and run in bf16; its activations overflow fp16
     guidance: float = 1.0  # guidance-distilled checkpoints: the conditional model (see the module docstring)
-
-    @property
-    def denoiser(self):
-        return self.pipe.transformer
 
     @property
     def tokenizer(self):

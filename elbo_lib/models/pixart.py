@@ -24,24 +24,16 @@ from __future__ import annotations
 
 import torch
 
-from .base import TextCondition, register
+from .base import TextCondition, TransformerDenoiser, register
 from .stable_diffusion import _DiscreteScheduleAdapter
 
 MAX_T5_TOKENS = 300  # PixArtSigmaPipeline's max_sequence_length
 
 
 @register
-class PixArtSigmaAdapter(_DiscreteScheduleAdapter):
+class PixArtSigmaAdapter(TransformerDenoiser, _DiscreteScheduleAdapter):
     pipeline_classes = ("PixArtSigmaPipeline",)
     family = "pixart"
-
-    @property
-    def denoiser(self):
-        return self.pipe.transformer
-
-    @property
-    def patch_size(self) -> int:
-        return int(self.denoiser.config.patch_size)
 
     @property
     def max_text_tokens(self) -> int:

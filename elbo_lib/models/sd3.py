@@ -8,23 +8,15 @@ from __future__ import annotations
 
 import torch
 
-from .base import TextCondition, register
+from .base import TextCondition, TransformerDenoiser, register
 from .flow import FlowMatchAdapter
 
 
 @register
-class StableDiffusion3Adapter(FlowMatchAdapter):
+class StableDiffusion3Adapter(TransformerDenoiser, FlowMatchAdapter):
     pipeline_classes = ("StableDiffusion3Pipeline", "StableDiffusion3Img2ImgPipeline")
     family = "sd3"
     joint_attention = True
-
-    @property
-    def denoiser(self):
-        return self.pipe.transformer
-
-    @property
-    def patch_size(self) -> int:
-        return int(self.denoiser.config.patch_size)
 
     @torch.no_grad()
     def encode_text(self, prompts):
