@@ -7,6 +7,7 @@ from elbo_lib.baselines import BASELINES, NotRunnable, get_baseline
 from elbo_lib.baselines.daam import summed_maps
 from elbo_lib.baselines.diffseg import segment, sym_kl
 from elbo_lib.evaluation import evaluate, options
+from elbo_lib.models import adapter_for
 
 FAST = AlignConfig(elbo_steps=2, attention_steps=3)
 
@@ -55,6 +56,10 @@ def test_ovam_refuses_joint_attention(pipes):
     b = get_baseline("OVAM")
     with pytest.raises(NotRunnable, match="joint"):
         b.measure(Aligner(pipes["sd3"], FAST), _img(), ["cat"], None, 0, FAST)
+    # what a table asks before running it: a note for the MMDiT, nothing for a UNet; every other baseline runs on both
+    assert "joint attention" in b.not_runnable(adapter_for(pipes["sd3"]))
+    assert b.not_runnable(adapter_for(pipes["sd1"])) is None
+    assert all(get_baseline(n).not_runnable(adapter_for(pipes["sd3"])) is None for n in BASELINES if n != "OVAM")
 
 
 def test_diffseg_merges_identical_regions():

@@ -34,7 +34,9 @@ def test_scene_knobs():
     crowd = build_scene(SceneKnobs(distractors=4))
     assert len(crowd.objects) == 7 and crowd.classes == base.classes
     assert build_scene(SceneKnobs(rare=True)).objects[0].shape == "heart"
-    for bad in (dict(target_radius=1), dict(occlusion=0.95), dict(distractors=12)):
+    same = build_scene(SceneKnobs(distractors=4, distractor_colour="target's colour"))
+    assert {o.colour for o in same.objects if o.shape == "triangle"} == {"red"} and "red triangle" in same.classes
+    for bad in (dict(target_radius=1), dict(occlusion=0.95), dict(distractors=12), dict(distractor_colour="blue")):
         with pytest.raises(ValueError):
             SceneKnobs(**bad)
 
