@@ -17,12 +17,13 @@ from .datasets import get_dataset
 from .evaluation.runner import evaluate, measure_dataset, options
 from .evaluation.runner import metrics_table as table  # noqa: F401  (one table builder, used by every notebook)
 from .paths import REPO_ROOT
+from .recorded import check  # noqa: F401  (every notebook's nbval-checked cell)
 
 # what the notebooks use through ``import elbo_lib.experiments as ex`` (the ablations are defined in ablations.py)
 __all__ = ["PAPER_ATT", "PAPER_ELBO", "SUPERSET", "Variant", "attention_subset", "elbo_subset", "is_superset",
            "paper_config", "paper_subsets", "paper_variants", "superset_config", "variant", "weighting_variant", "table", "use_repo_root",
            "output_dir", "DIFFPNG_NOTE", "run", "save_table", "results", "hardest_images", "conditions_table",
-           "condition_drops_table", "method_heatmaps", "TOY_MODELS"]
+           "condition_drops_table", "method_heatmaps", "TOY_MODELS", "check", "served_as_page"]
 
 # the toy models the workbook trains and ships: epsilon UNet, v-prediction UNet, SD 3-shaped MMDiT (rectified flow)
 TOY_MODELS = ["data/toy-sd", "data/toy-sd-v", "data/toy-sd3"]
@@ -33,6 +34,12 @@ def use_repo_root() -> Path:
     notebook kernel started."""
     os.chdir(REPO_ROOT)
     return REPO_ROOT
+
+
+def served_as_page() -> bool:
+    """Whether this kernel runs a notebook served as a Voila page (Voila gives its kernels VOILA_REQUEST_URL):
+    the page shows only the app, not the notebook's checks."""
+    return "VOILA_REQUEST_URL" in os.environ
 
 
 def output_dir(out: str | Path = "figures") -> str:

@@ -100,6 +100,8 @@ def run_notebooks(only: list[str] | None = None, quick: bool = False, extra: dic
     committed ones unless ``executed_dir`` is given."""
     figures.mkdir(parents=True, exist_ok=True)
     os.environ["ELBO_WORKBOOK_OUT"] = str(figures)  # the notebooks' output_dir(); inherited by their kernels
+    if quick and executed_dir is None:  # remaking the committed notebooks: their checks record what they compare with
+        os.environ["ELBO_RECORD"] = "1"
     if executed_dir is not None:
         executed_dir.mkdir(parents=True, exist_ok=True)
     log = []
@@ -108,7 +110,7 @@ def run_notebooks(only: list[str] | None = None, quick: bool = False, extra: dic
             continue
         params = {} if quick else dict(e.full)
         nb = REPO / "notebooks" / f"{e.name}.ipynb"
-        accepted = _parameters_of(nb)
+        accepted = parameters_of(nb)
         if not e.toy_only:
             params.update({k: v for k, v in (extra or {}).items() if k in accepted})
         t0 = time.time()
@@ -138,7 +140,7 @@ def clean_notebook(path: Path) -> None:
     nbformat.write(nb, path)
 
 
-def _parameters_of(nb: Path) -> set[str]:
+def parameters_of(nb: Path) -> set[str]:
     cell = next(c for c in nbformat.read(nb, as_version=4).cells if "parameters" in c.metadata.get("tags", []))
     return {ln.split("=")[0].strip() for ln in cell.source.splitlines() if "=" in ln and not ln.startswith("#")}
 

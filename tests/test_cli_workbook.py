@@ -21,6 +21,7 @@ def test_segment_cli_on_toy_image(tmp_path, toy_image):
     r = subprocess.run([sys.executable, "-m", "elbo_lib", "segment", str(img), "--classes", "red circle,blue star",
                         "--out", str(tmp_path / "out")], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
+    assert not foreign_lines(r.stderr), foreign_lines(r.stderr)
     out = tmp_path / "out"
     for f in ("mask.png", "mask_color.png", "overlay.png", "result.json", "heatmap_00_red_circle.png",
               "heatmap_01_blue_star.png", "overlay_00_red_circle.png", "raw_01_blue_star.png"):
@@ -29,6 +30,36 @@ def test_segment_cli_on_toy_image(tmp_path, toy_image):
     assert len(res["scores"]) == 2 and min(res["scores"]) >= 1 / 3 - 1e-9 and max(res["scores"]) == 1.0
     mask = np.asarray(Image.open(out / "mask.png"))
     assert mask.shape == (64, 64) and set(np.unique(mask)) <= {0, 1, 2}
+
+
+# a tqdm bar as the workbook's loops draw it: "desc:  50%|#####     | 1/2 [00:02<00:02,  2.34s/it]"
+PROGRESS_BAR = re.compile(r"^[^|]*\d+%\|[^|]*\| *\d+/\d+ \[[^\]]*\]$")
+
+
+def foreign_lines(stderr: str) -> list[str]:
+    """Lines on stderr that are neither a progress bar nor the workbook's own 'warning:' / 'error:' line."""
+    lines = [ln.strip() for ln in re.split(r"[\r\n]", stderr) if ln.strip()]
+    return [ln for ln in lines if not PROGRESS_BAR.match(ln) and not ln.startswith(("warning: ", "error: "))]
+
+
+def test_progress_bar_pattern():
+    assert not foreign_lines("measure toy-test [aligner]:  50%|█████     | 1/2 [00:02<00:02,  2.34s/it]\r"
+                             "measure toy-test [aligner]: 100%|██████████| 2/2 [00:17<00:00, 10.15s/it]\n"
+                             "warning: the toy model was never trained on 'cat'\n")
+    notice = ("Cannot initialize model with low cpu memory usage because `accelerate` was not found in the "
+              "environment. Defaulting to `low_cpu_mem_usage=False`.")
+    assert foreign_lines(f"Loading pipeline components...: 100%|##| 6/6 [00:00<00:00, 9.1it/s]\n{notice}") == [notice]
+
+
+@pytest.mark.slow
+def test_evaluate_cli_prints_only_its_own_lines(tmp_path):
+    """`evaluate` on the toy model: the table on stdout; on stderr only its progress bars (no library notices)."""
+    r = subprocess.run([sys.executable, "-m", "elbo_lib", "evaluate", "--limit", "1", "--n-boot", "10", "--cache-dir",
+                        str(tmp_path / "cache"), "--out", str(tmp_path / "run")], cwd=ROOT, capture_output=True,
+                       text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "| calibrated" in r.stdout
+    assert "measure toy-test" in r.stderr and not foreign_lines(r.stderr), foreign_lines(r.stderr)
 
 
 def test_segment_cli_bad_input(tmp_path):
@@ -51,7 +82,7 @@ def test_workbook_index(tmp_path):
     for e in workbook.NOTEBOOKS:
         assert (ROOT / "notebooks" / f"{e.name}.ipynb").exists()
         assert (ROOT / "notebooks" / f"{e.name}.py").exists()
-        assert set(e.full) <= workbook._parameters_of(ROOT / "notebooks" / f"{e.name}.ipynb")
+        assert set(e.full) <= workbook.parameters_of(ROOT / "notebooks" / f"{e.name}.ipynb")
 
 
 @pytest.mark.slow
@@ -89,6 +120,12 @@ def test_real_model_path_end_to_end(tmp_path, pipes):
     (["evaluate", "--gamma", "7", "--out", "o"], "--gamma values must be in (0, 1]"),
     (["segment", "nope.png", "--classes", "cat", "--out", "o"], "no image file"),
     (["segment", "img.png", "--classes", " , ", "--out", "o"], "--classes must name"),
+    (["evaluate", "--limit", "0", "--out", "o"], "--limit) must be a whole number of images >= 1"),
+    (["evaluate", "--limit", "-3", "--out", "o"], "--limit) must be a whole number of images >= 1"),
+    (["segment", "img.png", "--classes", "red circle", "--device", "gpu0", "--out", "o"], "is not a torch device name"),
+    pytest.param(["segment", "img.png", "--classes", "red circle", "--device", "cuda", "--out", "o"],
+                 "no CUDA device is available",
+                 marks=pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has CUDA")),
 ])
 def test_cli_errors_are_one_line(argv, message, tmp_path, capsys, monkeypatch):
     """A mistake ends with one 'error: ...' line on stderr and exit status 2, no traceback."""

@@ -1,6 +1,7 @@
 """The widget explorer as a page: Voila serves ``notebooks/explore_toy.ipynb``, headless Chromium (Debian's
 ``chromium`` + ``chromium-driver``, driven by Selenium) moves a scene slider and a calibration slider, and the
-page's heatmap picture and S values must change to what the library computes for the same knobs.
+page's heatmap picture and S values must change to what the library computes for the same knobs, and the
+page shows only the app (no loading bars, none of the notebook's checks).
 
 Without Chromium the test is skipped with a one-line hint; CI sets ELBO_REQUIRE_BROWSER=1 so it fails instead.
 A failure leaves a screenshot in .cache/browser-test/; a pass leaves the page's screenshot there (the README's)."""
@@ -119,6 +120,11 @@ def _measurements(driver) -> int:
     return int(text.split(" model measurement")[0].split()[-1]) if " model measurement" in text else -1
 
 
+# library loading bars and the notebook's own check: on the page only the app shows
+NOT_ON_THE_PAGE = ("Loading pipeline components", "Loading weights", "np.float64(", "leaves the maps raw",
+                   "explore_toy:", "recorded run")
+
+
 def test_sliders_update_the_page_as_the_library_computes(page):
     driver = page
     try:
@@ -138,6 +144,9 @@ def test_sliders_update_the_page_as_the_library_computes(page):
         _set_slider(driver, "target_radius", "8")  # a new scene: one more model measurement, with progress
         _wait(driver, lambda d: _measurements(d) == calls + 1 and _scores(d) == expected)
         assert _heatmap_png(driver) != shot1
+        text = driver.execute_script("return document.body.innerText;")
+        shown = [t for t in NOT_ON_THE_PAGE if t in text]
+        assert not shown, f"the page shows more than the app: {shown}"
         driver.save_screenshot(str(SHOTS / "explorer.png"))
     except BaseException:
         driver.save_screenshot(str(SHOTS / "failure.png"))

@@ -198,6 +198,10 @@ class Source:
     device: str | None = None
     nouns_only_elbo: bool = False
 
+    def __post_init__(self):
+        if self.limit is not None and (isinstance(self.limit, bool) or not isinstance(self.limit, int) or self.limit < 1):
+            raise ValueError(f"limit (--limit) must be a whole number of images >= 1, or None for all; got {self.limit!r}")
+
 
 def options(**kw) -> dict:
     """``protocol=`` and ``source=`` for :func:`evaluate` from their fields by name (``limit=3, n_boot=50``)."""

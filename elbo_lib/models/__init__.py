@@ -1,6 +1,7 @@
 """Pipeline adapters and loading."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -22,9 +23,17 @@ __all__ = ["OBJECTIVES", "PipelineAdapter", "TextCondition", "adapter_for", "sup
 
 def default_device_dtype(device: str | None = None, dtype: torch.dtype | None = None,
                          cuda_dtype: torch.dtype = torch.float16) -> tuple[str, torch.dtype]:
-    """CUDA -> ``cuda_dtype`` (fp16; a family's adapter may ask for bf16, as FLUX does); CPU -> fp32."""
+    """CUDA -> ``cuda_dtype`` (fp16; a family's adapter may ask for bf16, as FLUX does); CPU -> fp32.
+    A device this torch cannot use (a misspelt name; CUDA without a CUDA device) is refused by name."""
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        kind = torch.device(device).type
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"device {device!r} is not a torch device name; use cpu, cuda, cuda:N or mps") from e
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r}: no CUDA device is available to this torch ({torch.__version__}, "
+                         f"CUDA build: {torch.version.cuda or 'no'}); use --device cpu or leave it out")
     if dtype is None:
         dtype = cuda_dtype if str(device).startswith("cuda") else torch.float32
     return device, dtype
@@ -41,6 +50,24 @@ def pipeline_class_name(model: str | os.PathLike) -> str | None:
     except (OSError, ValueError):
         return None
     return config.get("_class_name")
+
+
+@contextlib.contextmanager
+def _no_loading_bars():
+    """diffusers' "Loading pipeline components" and transformers' "Loading weights" bars off while a pipeline
+    loads (a notebook or the explorer page shows the workbook's own output); their previous state restored."""
+    import diffusers.utils.logging as diffusers_logging
+    import transformers.utils.logging as transformers_logging
+
+    states = [(m, m.is_progress_bar_enabled()) for m in (diffusers_logging, transformers_logging)]
+    for m, _ in states:
+        m.disable_progress_bar()
+    try:
+        yield
+    finally:
+        for m, enabled in states:
+            if enabled:
+                m.enable_progress_bar()
 
 
 def load_pipeline(model: str | os.PathLike = "data/toy-sd", device: str | None = None,
@@ -66,7 +93,8 @@ def load_pipeline(model: str | os.PathLike = "data/toy-sd", device: str | None =
         index = json.loads((path / "model_index.json").read_text())
         kwargs = {**{k: None for k, v in index.items() if v == [None, None]}, **kwargs}
     try:
-        pipe = DiffusionPipeline.from_pretrained(str(model), torch_dtype=dtype, **kwargs)
+        with _no_loading_bars():
+            pipe = DiffusionPipeline.from_pretrained(str(model), dtype=dtype, **kwargs)
     except (OSError, ValueError) as e:
         if path.exists():
             raise
