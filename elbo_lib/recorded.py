@@ -125,9 +125,9 @@ def run_parameters(name: str, namespace: dict) -> dict:
     return _jsonable({k: namespace[k] for k in sorted(parameters_of(NOTEBOOKS_DIR / f"{name}.ipynb")) if k != "out"})
 
 
-def check(name: str, namespace: dict, atol: float = ATOL, rtol: float = RTOL, **results) -> bool:
+def check(name: str, namespace: dict, atol: float = ATOL, rtol: float = RTOL, **results) -> None:
     """Compare ``results`` (tables, dicts, numbers) with the recorded run of notebook ``name`` and print one
-    verdict line (plus one line per differing value). Returns whether everything matched. ``namespace`` is the
+    verdict line (plus one line per differing value); nbval compares that text. ``namespace`` is the
     notebook's ``globals()``: a run with other parameters than the recorded one (e.g. ``make reproduce``'s full
     size) is not compared."""
     values = flatten(results)
@@ -138,16 +138,15 @@ def check(name: str, namespace: dict, atol: float = ATOL, rtol: float = RTOL, **
         atomic_write_json(path, {"parameters": params, "values": values})
     path = RECORDED_DIR / f"{name}.json"
     if not path.exists():
-        print(f"{name}: no recorded run ({path.relative_to(REPO_ROOT)}); nothing compared")
-        return False
+        print(f"{name}: no recorded run ({path.name} in {path.parent}); nothing compared")
+        return
     rec = json.loads(path.read_text())
     if rec["parameters"] != params:
         print(f"{name}: parameters differ from the recorded run; nothing compared")
-        return False
+        return
     bad = compare(values, rec["values"], atol, rtol)
     if bad:
         print(f"{name}: {len(bad)} of {len(rec['values'])} recorded values differ beyond {atol:g} + {rtol:.1%}")
         print("\n".join(bad))
-        return False
+        return
     print(f"{name}: all {len(values)} values equal the recorded run within {atol:g} + {rtol:.1%}")
-    return True

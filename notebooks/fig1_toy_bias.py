@@ -41,10 +41,14 @@ drops = pd.concat(drops, ignore_index=True)
 ex.save_table(curves, "fig1_toy_bias", out)
 ex.save_table(drops, "fig1_toy_bias_drops", out)
 
-# %% tags=["nbval-check-output"]
-print(curves.pivot_table(index=["study", "level"], columns="variant", values="target_iou").round(3).to_string())
+# %%
+curve_table = curves.pivot_table(index=["study", "level"], columns="variant", values="target_iou")
+print(curve_table.round(3).to_string())
 print(drops.round(3).to_string(index=False))
 print("paper (Fig. 1, qualitative): smaller, occluded, crowded and rare targets lose alignment")
+
+# %% tags=["nbval-check-output"]
+ex.check("fig1_toy_bias", globals(), curves=curve_table, drops=drops)
 
 # %%
 fig, axes = plt.subplots(1, len(sets), figsize=(3.8 * len(sets), 3.3))

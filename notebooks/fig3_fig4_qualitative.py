@@ -21,6 +21,7 @@ ex.use_repo_root()
 out = ex.output_dir(out)
 import matplotlib.pyplot as plt
 import numpy as np
+import pandas as pd
 
 from elbo_lib.calibrate import masks_from_heatmaps
 from elbo_lib.plotting import mask_rgb, overlay
@@ -29,12 +30,16 @@ maps = ex.method_heatmaps(model, dataset, limit=limit, seed=seed, data_root=data
 samples = [s for s, _ in maps["ELBO-T2IAlign"]]
 order, smallest = ex.hardest_images(samples, n_show)
 
-# %% tags=["nbval-check-output"]
+# %%
+peaks = {}  # per hard image: its smallest class's area and each method's peak heatmap value on that class
 for i in order:
     s = samples[i]
     k = s.class_ids.index(smallest[i])
-    print(s.id, "smallest class area", int((s.label == smallest[i]).sum()), "px;",
-          {m: round(float(v[i][1][k].max()), 3) for m, v in maps.items()})
+    peaks[s.id] = {"area_px": int((s.label == smallest[i]).sum()), **{m: float(v[i][1][k].max()) for m, v in maps.items()}}
+print(pd.DataFrame(peaks).T.round(3).to_string())
+
+# %% tags=["nbval-check-output"]
+ex.check("fig3_fig4_qualitative", globals(), peaks=peaks)
 
 # %%
 import torch

@@ -46,12 +46,16 @@ if {"calibrated", "uncalibrated"} <= set(arms):  # what the ELBO calibration its
     tab = pd.concat([tab, gs.editing_table(run, "uncalibrated", ["calibrated"], n_boot=n_boot)], ignore_index=True)
 ex.save_table(tab, "fig6_editing", out)
 
-# %% tags=["nbval-check-output"]
+# %%
+arm_means = run.records.groupby("arm", sort=False)[["success", "edited_present", "place_iou", "others_kept",
+                                                    "others_change"]].mean()
 print(f"{len(run.edits)} edits scored (sources drawn: {run.candidates}), {steps} steps, grid {grid!r}")
-print(run.records.groupby("arm", sort=False)[["success", "edited_present", "place_iou", "others_kept", "others_change"]]
-      .mean().round(3).to_string())
+print(arm_means.round(3).to_string())
 print(tab[tab.subset == "all edits"].drop(columns=["subset"]).round(3).to_string(index=False))
 print("paper: calibrated heatmaps edit more accurately than prompt-to-prompt's own attention")
+
+# %% tags=["nbval-check-output"]
+ex.check("fig6_editing", globals(), edits=len(run.edits), candidates=run.candidates, arms=arm_means, table=tab)
 
 # %%
 # Fig. 6: source, plain prompt-to-prompt and the heatmap arms side by side, with the calibrated heatmap of the

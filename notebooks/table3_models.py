@@ -56,10 +56,13 @@ for model in models:
 tab = pd.concat(rows, ignore_index=True)
 ex.save_table(tab, "table3_models", out)
 
-# %% tags=["nbval-check-output"]
+# %%
 print(f"{m['n_images']} images of {dataset} per model; threshold split: {m['split'].get('threshold_split')}")
 print(tab[["model", "objective", "variant", "oracle_mIoU", "heldout_mIoU", "delta_vs_uncal"]].round(3).to_string(index=False))
 print("paper: calibration helps every model and objective (eps, v, flow)")
+
+# %% tags=["nbval-check-output"]
+ex.check("table3_models", globals(), table=tab, images=m["n_images"])
 
 # %%
 fig, ax = plt.subplots(figsize=(8, 3.5))

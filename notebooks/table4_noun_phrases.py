@@ -30,6 +30,9 @@ for label, nouns in (("noun phrase (paper)", False), ("single noun", True)):
 tab = pd.concat(rows, ignore_index=True)
 ex.save_table(tab, "table4_noun_phrases", out)
 
-# %% tags=["nbval-check-output"]
+# %%
 print(tab[["ELBO prompt", "variant", "oracle_mIoU", "heldout_mIoU"]].round(3).to_string(index=False))
 print("paper: the whole noun phrase gives the better S on attribute-rich prompts")
+
+# %% tags=["nbval-check-output"]
+ex.check("table4_noun_phrases", globals(), table=tab)

@@ -52,11 +52,14 @@ ex.save_table(tab, "table5_generation", out)
 pairs = gs.discordant_pairs(run)
 ex.save_table(pd.DataFrame([{**pairs, "mcnemar_p": f"{pairs['mcnemar_p']:.3f}"}]), "table5_generation_pairs", out)
 
-# %% tags=["nbval-check-output"]
+# %%
 print(f"{len(prompts)} prompts x {len(seeds)} seeds, {steps} steps, guidance {guidance}, grid {grid!r}")
 print(tab[tab.subset == "all prompts"].drop(columns=["subset"]).round(3).to_string(index=False))
 print("all objects present, same prompt and seed:", pairs)
 print("paper: prompt weights from S raise CLIP scores on every prompt set")
+
+# %% tags=["nbval-check-output"]
+ex.check("table5_generation", globals(), table=tab, pairs=pairs)
 
 # %%
 if clip_model:  # the authors' metric, for users with a CLIP checkpoint (e.g. openai/clip-vit-large-patch14)

@@ -24,6 +24,9 @@ m = ex.run([ex.variant(s, cfg, elbo_idx=ex.elbo_subset(10, s, seed)) for s in st
 tab = ex.table(m)
 ex.save_table(tab, "table7_elbo_sampling", out)
 
-# %% tags=["nbval-check-output"]
+# %%
 print(tab.round(3).to_string(index=False))
 print("paper: Random best, Even close; Large > Middle > Small")
+
+# %% tags=["nbval-check-output"]
+ex.check("table7_elbo_sampling", globals(), table=tab)

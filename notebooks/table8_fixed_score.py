@@ -23,6 +23,9 @@ m = ex.run(variants, model, dataset, limit=limit, seed=seed, n_boot=n_boot, devi
 tab = ex.table(m)
 ex.save_table(tab, "table8_fixed_score", out)
 
-# %% tags=["nbval-check-output"]
+# %%
 print(tab.round(3).to_string(index=False))
 print("paper: a constant S is worse than the ELBO-driven S")
+
+# %% tags=["nbval-check-output"]
+ex.check("table8_fixed_score", globals(), table=tab)

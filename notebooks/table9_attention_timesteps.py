@@ -33,6 +33,9 @@ tab = ex.table(m)
 tab = tab[tab.variant != "uncalibrated"].reset_index(drop=True)
 ex.save_table(tab, "table9_attention_timesteps", out)
 
-# %% tags=["nbval-check-output"]
+# %%
 print(tab[["variant", "oracle_mIoU", "heldout_mIoU"]].round(3).to_string(index=False))
 print("paper: attention from small t (<= 0.2) is best")
+
+# %% tags=["nbval-check-output"]
+ex.check("table9_attention_timesteps", globals(), table=tab)
