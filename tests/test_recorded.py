@@ -55,6 +55,8 @@ def test_check_records_compares_and_skips_other_parameters(tmp_path, monkeypatch
     nbformat.write(nb, tmp_path / "t.ipynb")
     monkeypatch.setattr(recorded, "NOTEBOOKS_DIR", tmp_path)
     monkeypatch.setattr(recorded, "RECORDED_DIR", tmp_path / "recorded")
+    monkeypatch.delenv("ELBO_RECORD", raising=False)
+    monkeypatch.delenv("ELBO_RECORD_DIR", raising=False)
     ns = {"limit": 60, "seed": 0, "out": "elsewhere"}
     recorded.check("t", ns, table=_table())
     assert "no recorded run" in capsys.readouterr().out
