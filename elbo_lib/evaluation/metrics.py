@@ -22,13 +22,14 @@ def intersection_union(conf: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return tp, conf.sum(0) + conf.sum(1) - tp
 
 
-def miou(inter: np.ndarray, union: np.ndarray) -> float:
-    """Mean IoU over classes whose union is non-zero (classes absent from the data do not count)."""
+def miou(inter: np.ndarray, union: np.ndarray, eps: float = 0.0) -> float:
+    """Mean IoU over classes whose union is non-zero (classes absent from the data do not count);
+    ``eps`` is added to each union (the authors' evaluation adds 1e-10)."""
     inter, union = np.asarray(inter, dtype=np.float64), np.asarray(union, dtype=np.float64)
     valid = union > 0
     if not valid.any():
         return float("nan")
-    return float((inter[valid] / union[valid]).mean())
+    return float((inter[valid] / (union[valid] + eps)).mean())
 
 
 def per_image_iu(heatmaps_nhw: np.ndarray, label: np.ndarray, class_ids: list[int], thresholds: np.ndarray,
