@@ -326,7 +326,7 @@ def write_score(result: dict, out: str | Path) -> list[Path]:
     """official_score.json (everything), official_per_class.csv and official_curve.csv under ``out``."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    paths = [atomic_write_json(out / "official_score.json", result, indent=1)]
+    paths = [atomic_write_json(out / "official_score.json", result)]
     pd.DataFrame(result["per_class"]).to_csv(out / "official_per_class.csv", index=False)
     pd.DataFrame({"threshold": result["thresholds"], "miou": result["curve"]}).to_csv(out / "official_curve.csv",
                                                                                       index=False)

@@ -188,10 +188,14 @@ class Protocol:
 
 @dataclass(frozen=True)
 class Source:
-    """Where measurements come from: the dataset root and image limit, the cache directory, a loaded
-    pipeline or the device to load one on, and the single-noun ELBO prompt variant (Table IV)."""
+    """Where measurements come from: the dataset root, image list (one name a line) and limit, the class
+    words ("official": the authors' category keys, "project": the project's names; None: the dataset's
+    default), the cache directory, a loaded pipeline or the device to load one on, and the single-noun ELBO
+    prompt variant (Table IV)."""
 
     data_root: str | None = None
+    image_list: str | os.PathLike | None = None
+    class_words: str | None = None
     limit: int | None = None
     cache_dir: str | os.PathLike | None = None
     pipe: object = None
@@ -219,7 +223,8 @@ def evaluate(model: str | os.PathLike = "data/toy-sd", dataset: str | Segmentati
     """Run the protocol; returns the metrics dict (and writes metrics.json, per_class.csv,
     size_buckets.csv, summary.md under ``out``)."""
     t0 = time.time()
-    ds = dataset if isinstance(dataset, SegmentationDataset) else get_dataset(dataset, source.data_root, cache_dir=None)
+    ds = dataset if isinstance(dataset, SegmentationDataset) else get_dataset(
+        dataset, source.data_root, cache_dir=None, image_list=source.image_list, class_words=source.class_words)
     if config is None:
         config = Aligner(source.pipe).config if source.pipe is not None else paper_config(model)
     variants = variants or paper_variants(config)
@@ -233,7 +238,8 @@ def evaluate(model: str | os.PathLike = "data/toy-sd", dataset: str | Segmentati
         groups.append((bcfg, b, [Variant(b.name, bcfg, heatmaps=b.heatmaps)]))
     split_note = {"evaluated": ds.name}
     scored, cal_scored = {}, ({} if heldout else None)
-    cal_ds = get_dataset(heldout, source.data_root) if isinstance(heldout, str) and heldout else None
+    cal_ds = (get_dataset(heldout, source.data_root, class_words=source.class_words)
+              if isinstance(heldout, str) and heldout else None)
     for gcfg, baseline, gvars in groups:
         method = baseline.method if baseline is not None else "aligner"
         kw = dict(cache_dir=source.cache_dir, pipe=source.pipe, device=source.device, baseline=baseline,
