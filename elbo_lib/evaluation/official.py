@@ -288,7 +288,7 @@ def score_heatmaps(heatmaps: str | Path, dataset: str, data_root: str | Path, im
             raise ValueError(f"image {k} ({ds.ids[k]}) has no heatmap for its labelled classes "
                              f"{ds.phrases(missing)} (expected files {k}_{{class}}.png)")
         levels: dict[int, np.ndarray] = {}
-        for f in fs:  # file-name order; a later file of the same id replaces the earlier, as theirs would
+        for f in fs:  # a later file of the same id replaces the earlier (theirs: in directory listing order)
             cid = scored_as[f.word]
             if cid in levels:
                 collisions.append({"image": k, "class_id": cid, "replaced_by": f.path.name})
