@@ -93,7 +93,8 @@ def _evaluate(a) -> int:
     overrides = {k: v for k, v in (("elbo_steps", a.elbo_steps), ("attention_steps", a.attention_steps)) if v is not None}
     cfg = dataclasses.replace(paper_config(a.model, a.preset), **overrides)
     m = evaluate(a.model, a.dataset, config=cfg, variants=paper_variants(cfg, a.gamma), seed=a.seed,
-                 protocol=Protocol(heldout=_heldout(a.heldout), n_boot=a.n_boot),
+                 protocol=Protocol(heldout=_heldout(a.heldout), n_boot=a.n_boot, real=a.protocol,
+                                   class_ids=a.class_ids),
                  source=Source(data_root=a.data_root, image_list=a.image_list, class_words=a.class_words,
                                limit=a.limit, cache_dir=a.cache_dir, device=a.device),
                  out=a.out)
@@ -138,7 +139,14 @@ def parser() -> argparse.ArgumentParser:
                    help="official (the authors' category keys, the default of the four real datasets) or project")
     e.add_argument("--limit", type=int, default=None)
     e.add_argument("--gamma", type=float, nargs="*", default=[], help="extra gamma values to report")
-    e.add_argument("--heldout", default="auto", help="threshold split: a dataset name, a fraction, or 'none'")
+    e.add_argument("--heldout", default="auto",
+                   help="threshold split: auto (toy: toy-val; real data, official: cross-fitted halves), a dataset "
+                        "name or a fraction (project protocol), or 'none'")
+    e.add_argument("--protocol", default="official", choices=["official", "project"],
+                   help="how voc, context, coco-object and ade20k are scored: official (the authors' evaluation, "
+                        "every image of the list) or project (the project's threshold grid and held-out fraction)")
+    e.add_argument("--class-ids", default="name-search", choices=["name-search", "own"],
+                   help="official protocol: the authors' name search of heatmap names, or each class as itself")
     e.add_argument("--cache-dir", default=None, help=f"measurement cache (default {CACHE_DIR})")
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--n-boot", type=int, default=1000)

@@ -33,7 +33,7 @@ from ..datasets import DATASETS, get_dataset
 from ..datasets.base import present_ids
 from ..paths import atomic_write_json
 from ..tokens import default_caption
-from .metrics import miou
+from .metrics import bootstrap_miou, miou, size_buckets
 
 CLASS_IDS = ("name-search", "own")  # the authors' name search, or each heatmap scored as its own class
 STEPS = tuple(range(1, 100))  # thresholds t / 100, their start = 1 and end = 99
@@ -66,22 +66,30 @@ def heatmap_name(index: int, word: str) -> str:
     return f"{int(index)}_{word}.png"
 
 
+def quantize(heatmaps: np.ndarray, n_classes: int | None = None) -> np.ndarray:
+    """Heatmaps (N, H, W) in [0, 1] as the 8-bit levels the authors' run script saves: value * 255 rounded half
+    to even (their cv2.imwrite of a float map), uint8. Anything else (a map outside [0, 1], NaN) is an error."""
+    heatmaps = np.asarray(heatmaps, dtype=np.float64)
+    if heatmaps.ndim != 3 or (n_classes is not None and heatmaps.shape[0] != n_classes):
+        want = "N" if n_classes is None else f"N = {n_classes} classes"
+        raise ValueError(f"heatmaps must be (N, H, W) with {want}, got shape {heatmaps.shape}")
+    if heatmaps.size and (not np.isfinite(heatmaps).all() or heatmaps.min() < 0 or heatmaps.max() > 1):
+        raise ValueError("heatmaps must be finite and in [0, 1] to be saved as 8-bit levels")
+    return np.rint(heatmaps * 255).astype(np.uint8)
+
+
 def write_heatmaps(folder: str | Path, index: int, words: list[str], heatmaps: np.ndarray) -> list[Path]:
     """Write one image's heatmaps (N, H, W) in [0, 1] as the authors' run script does: ``{index}_{word}.png``,
-    8-bit grayscale, value * 255 rounded half to even (their cv2.imwrite of a float map)."""
-    heatmaps = np.asarray(heatmaps, dtype=np.float64)
-    if heatmaps.ndim != 3 or heatmaps.shape[0] != len(words):
-        raise ValueError(f"heatmaps must be (N, H, W) with N = {len(words)} classes, got shape {heatmaps.shape}")
-    if not np.isfinite(heatmaps).all() or heatmaps.min() < 0 or heatmaps.max() > 1:
-        raise ValueError("heatmaps must be finite and in [0, 1]")
+    8-bit grayscale (:func:`quantize`)."""
+    levels = quantize(heatmaps, len(words))
     names = [heatmap_name(index, w) for w in words]
     if len(set(names)) != len(names):
         raise ValueError(f"class words {words} repeat: one file per word")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
-    for name, h in zip(names, heatmaps):
-        Image.fromarray(np.rint(h * 255).astype(np.uint8)).save(folder / name)
+    for name, lv in zip(names, levels):
+        Image.fromarray(lv).save(folder / name)
         paths.append(folder / name)
     return paths
 
@@ -132,6 +140,14 @@ def resolve_class_id(word: str, categories: list[tuple[str, list[str]]], class_i
     return next(i for i, (key, synonyms) in enumerate(categories, 1) if word == key or word in synonyms)
 
 
+def _to_size(im: Image.Image, size_hw: tuple[int, int]) -> np.ndarray:
+    """An 8-bit grayscale image's levels at (H, W): resized with PIL bilinear where its size differs."""
+    h, w = size_hw
+    if im.size != (w, h):
+        im = im.resize((w, h), Image.Resampling.BILINEAR)
+    return np.asarray(im, dtype=np.uint8)
+
+
 def read_heatmap(path: Path, size_hw: tuple[int, int]) -> np.ndarray:
     """``load_gt_and_predict``, "load predict": the 8-bit levels (H, W) of a heatmap PNG, resized with PIL
     bilinear to the label's (H, W) when it differs (value / 255 in float32 is the authors' heatmap value)."""
@@ -139,12 +155,22 @@ def read_heatmap(path: Path, size_hw: tuple[int, int]) -> np.ndarray:
         with Image.open(path) as im:
             if im.mode != "L":
                 raise ValueError(f"heatmap {path} is a {im.mode} image; heatmaps are 8-bit grayscale (mode L) PNGs")
-            h, w = size_hw
-            if im.size != (w, h):
-                im = im.resize((w, h), Image.Resampling.BILINEAR)
-            return np.asarray(im, dtype=np.uint8)
+            return _to_size(im, size_hw)
     except UnidentifiedImageError as e:
         raise ValueError(f"{path} is not an image PIL can read") from e
+
+
+def merge_by_id(entries: list[tuple[str, int, np.ndarray]]) -> tuple[dict[int, np.ndarray], list[tuple[int, str]]]:
+    """One image's heatmaps ``(file name, scored class id, levels)`` in file-name order, by scored id: where two
+    get the same id (ADE20K "stool" and "pot" by the name search) the later file replaces the earlier, as in
+    their directory listing. Returns the levels by id and the (id, file name) of each replacing file."""
+    levels: dict[int, np.ndarray] = {}
+    replaced = []
+    for name, cid, lv in entries:
+        if cid in levels:
+            replaced.append((cid, name))
+        levels[cid] = lv
+    return levels, replaced
 
 
 def combine(levels: dict[int, np.ndarray], shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
@@ -256,6 +282,164 @@ def binary_search(curve: np.ndarray, steps=STEPS) -> tuple[int, list[list[int]]]
     return lo, probes
 
 
+# how each column of a real-data table is scored
+OFFICIAL = "official (authors' evaluation)"  # their scoring, threshold by their search on the scored images (oracle)
+CROSS_FITTED = "cross-fitted held-out"      # their scoring, threshold searched on the other half of the images
+PROJECT = "project"                          # the project's own protocol (threshold grid, a held-out fraction)
+
+
+def ignore_index_of(ds) -> int | None:
+    """The label value the authors' evaluation drops: VOC's void (255); their other datasets drop nothing."""
+    return ds.ignore_index if ds.name == "voc" else None
+
+
+def heatmap_counts(heatmaps: np.ndarray | None, class_ids: list[int], label: np.ndarray, ds, cutoffs: np.ndarray,
+                   class_ids_mode: str = "name-search") -> tuple[ImageCounts, list[tuple[int, str]]]:
+    """One image scored as the authors score its heatmap files, from its heatmaps (N, H, W) in [0, 1] of the
+    dataset classes ``class_ids``: 8-bit levels (:func:`quantize`), resized to the label's size where it differs,
+    named by the classes' category keys and merged in file-name order (:func:`merge_by_id`), then
+    :func:`combine` and :func:`image_counts` at every threshold. An image without labelled classes (no heatmap:
+    their run script writes none) is all background. Returns the counts and the replaced files."""
+    if len(class_ids):
+        levels = quantize(heatmaps, len(class_ids))
+        entries = [(heatmap_name(0, ds.categories[c - 1][0]), resolve_class_id(ds.categories[c - 1][0], ds.categories,
+                                                                               class_ids_mode),
+                    _to_size(Image.fromarray(lv), label.shape)) for c, lv in zip(class_ids, levels)]
+        entries.sort(key=lambda e: e[0])
+    else:
+        entries = []
+    merged, replaced = merge_by_id(entries)
+    best, arg = combine(merged, label.shape)
+    return image_counts(best, arg, label, ignore_index_of(ds), cutoffs), replaced
+
+
+@dataclass
+class OfficialScored:
+    """One method's official counts per image at every threshold (:class:`ImageCounts`), in image-list order,
+    over ``n_classes`` ids (background included)."""
+
+    images: list[str]
+    counts: list[ImageCounts]
+    n_classes: int
+
+    def total(self, idx=None) -> Counts:
+        """The dataset sums (their ``apply_metrics``) over all images or the images ``idx``."""
+        out = Counts.zeros(self.counts[0].P.shape[0], self.n_classes)
+        for i in range(len(self.counts)) if idx is None else idx:
+            out.add(self.counts[i])
+        return out
+
+    def at(self, k: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(TP, union, T) per image and class (n_images, n_classes), image i at threshold index ``k[i]``."""
+        tp, union, t = (np.zeros((len(self.counts), self.n_classes), np.int64) for _ in range(3))
+        for i, (c, ki) in enumerate(zip(self.counts, k)):
+            tp[i, c.ids], t[i, c.ids] = c.TP[ki], c.T
+            union[i, c.ids] = c.T + c.P[ki] - c.TP[ki]
+        return tp, union, t
+
+
+def score_measurements(pairs, ds, variants, class_ids_mode: str = "name-search",
+                       steps=STEPS) -> tuple[dict[str, OfficialScored], dict]:
+    """The official counts of each variant on every (sample, measurement) of ``pairs`` (a measurement of None: an
+    image without labelled classes), consumed one image at a time (measurements are not kept). Labels must be
+    read as the authors read them (``labels="official"``). Returns the scores by variant name and what the name
+    search did, as :func:`score_heatmaps` reports it: the classes scored as another id, the heatmaps replaced."""
+    if getattr(ds, "labels", None) != "official":
+        raise ValueError(f"the official protocol reads labels as the authors do: load {ds.name!r} with "
+                         "labels='official' (get_dataset(..., labels='official'))")
+    cutoffs = level_cutoffs(steps)
+    n_classes = len(ds.class_names) + 1
+    acc = {v.name: OfficialScored([], [], n_classes) for v in variants}
+    collisions, seen = [], set()
+    for k, (sample, m) in enumerate(pairs):
+        seen.update(sample.class_ids)
+        for j, v in enumerate(variants):
+            heat = v.heatmaps_of(m) if m is not None else None
+            counts, replaced = heatmap_counts(heat, sample.class_ids, sample.label, ds, cutoffs, class_ids_mode)
+            acc[v.name].images.append(sample.id)
+            acc[v.name].counts.append(counts)
+            if j == 0:
+                collisions += [{"image": k, "id": sample.id, "class_id": cid, "replaced_by": name.split("_", 1)[1][:-4]}
+                               for cid, name in replaced]
+    keys = [key for key, _ in ds.categories]
+    remapped = {keys[c - 1]: {"own": c, "scored_as": resolve_class_id(keys[c - 1], ds.categories, class_ids_mode)}
+                for c in sorted(seen)}
+    return acc, {"scored_as_other_class": {w: v for w, v in remapped.items() if v["own"] != v["scored_as"]},
+                 "replaced_heatmaps": collisions}
+
+
+def halves(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """The cross-fitting split: ``n`` image indices in two halves (sorted; the first has n // 2), drawn by ``seed``."""
+    if n < 2:
+        raise ValueError(f"cross-fitting needs at least 2 images, got {n}")
+    perm = np.random.default_rng([seed, 2506]).permutation(n)
+    return np.sort(perm[: n // 2]), np.sort(perm[n // 2:])
+
+
+def searched_index(counts: Counts, steps=STEPS) -> tuple[int, np.ndarray, list[list[int]]]:
+    """Their binary search on ``counts``: (index into ``steps``, the mIoU curve in percent, the probes)."""
+    steps = list(steps)
+    curve = counts.miou_curve()
+    best, probes = binary_search(curve, steps)
+    return steps.index(best), curve, probes
+
+
+def summarize_official(scored: dict[str, OfficialScored], class_names: list[str], heldout: bool = True,
+                       n_boot: int = 1000, seed: int = 0, steps=STEPS) -> dict:
+    """The paper's columns on real data, mIoU as a fraction: ``oracle``, their scoring with the threshold of their
+    binary search on all scored images (the authors' protocol); ``grid_maximum``, the curve's maximum (labelled,
+    not their result); with ``heldout``, the cross-fitted column: the images split in two halves by ``seed``
+    (:func:`halves`), the threshold searched on one half scores the other and vice versa, and the P/T/TP counts of
+    both scored halves pooled into one mIoU. Intervals: 95% bootstrap over images (thresholds fixed), paired with
+    'uncalibrated' for the differences."""
+    steps = list(steps)
+    thresholds = [t / 100 for t in steps]
+    first = next(iter(scored.values()))
+    n = len(first.images)
+    if n == 0:
+        raise ValueError("no image was scored")
+    split = halves(n, seed) if heldout else None
+    names = ["background"] + list(class_names)
+    chosen, out = {}, {"thresholds": thresholds, "variants": {}, "n_images": n,
+                       "protocol": {"oracle": OFFICIAL, "heldout": CROSS_FITTED if heldout else None}}
+    for name, sc in scored.items():
+        k_or, curve, probes = searched_index(sc.total(), steps)
+        top = float(curve.max())
+        entry = {"oracle": {"threshold": thresholds[k_or], "protocol": OFFICIAL, "probes": probes},
+                 "grid_maximum": {"miou": top / 100, "thresholds": [t for t, v in zip(thresholds, curve) if v == top],
+                                  "note": "the curve's maximum over 0.01..0.99; the authors report the searched value"},
+                 "curve": (curve / 100).tolist()}
+        ks = {"oracle": np.full(n, k_or)}
+        if split is not None:
+            a, b = split
+            ka, kb = searched_index(sc.total(a), steps)[0], searched_index(sc.total(b), steps)[0]
+            ks["heldout"] = np.empty(n, np.int64)
+            ks["heldout"][b], ks["heldout"][a] = ka, kb
+            entry["heldout"] = {"threshold": [thresholds[ka], thresholds[kb]], "protocol": CROSS_FITTED,
+                                "note": "threshold[0] searched on half A scores half B, threshold[1] the reverse"}
+        chosen[name] = {which: sc.at(k) for which, k in ks.items()}
+        out["variants"][name] = entry
+    base = chosen.get("uncalibrated")
+    for name, entry in out["variants"].items():
+        for which, (tp, union, _) in chosen[name].items():
+            entry[which]["miou"] = miou(tp.sum(0), union.sum(0), eps=IOU_EPS)
+            paired = base is not None and name != "uncalibrated"
+            bt, bu = (base[which][0], base[which][1]) if paired else (None, None)
+            entry[which].update(bootstrap_miou(tp, union, n_boot, seed, bt, bu))
+            if paired:
+                entry[which]["minus_uncalibrated"] = entry[which]["miou"] - miou(bt.sum(0), bu.sum(0), eps=IOU_EPS)
+        rep = "heldout" if "heldout" in chosen[name] else "oracle"
+        tp, union, t = chosen[name][rep]
+        itp, iun = tp.sum(0), union.sum(0)
+        entry["per_class_iou"] = {names[c]: float(itp[c] / (iun[c] + IOU_EPS)) for c in range(len(names)) if iun[c] > 0}
+        img, cls = np.nonzero(t[:, 1:])
+        pairs = pd.DataFrame({"image": img, "class_id": cls + 1, "area": t[img, cls + 1], "i_0": tp[img, cls + 1],
+                              "u_0": union[img, cls + 1]})
+        entry["size_buckets"] = size_buckets(pairs, 0) if len(pairs) else []
+        entry["reported_threshold"] = rep
+    return out
+
+
 def score_heatmaps(heatmaps: str | Path, dataset: str, data_root: str | Path, image_list: str | Path | None = None,
                    class_ids: str = "name-search", steps=STEPS) -> dict:
     """Score a folder of heatmaps in the authors' format with their protocol. Every heatmap must be of a class
@@ -287,14 +471,11 @@ def score_heatmaps(heatmaps: str | Path, dataset: str, data_root: str | Path, im
         if missing:
             raise ValueError(f"image {k} ({ds.ids[k]}) has no heatmap for its labelled classes "
                              f"{ds.phrases(missing)} (expected files {k}_{{class}}.png)")
-        levels: dict[int, np.ndarray] = {}
-        for f in fs:  # a later file of the same id replaces the earlier (theirs: in directory listing order)
-            cid = scored_as[f.word]
-            if cid in levels:
-                collisions.append({"image": k, "class_id": cid, "replaced_by": f.path.name})
-            levels[cid] = read_heatmap(f.path, label.shape)
+        levels, replaced = merge_by_id([(f.path.name, scored_as[f.word], read_heatmap(f.path, label.shape))
+                                        for f in fs])
+        collisions += [{"image": k, "class_id": cid, "replaced_by": name} for cid, name in replaced]
         best, arg = combine(levels, label.shape)
-        counts.add(image_counts(best, arg, label, ds.ignore_index if ds.name == "voc" else None, cutoffs))
+        counts.add(image_counts(best, arg, label, ignore_index_of(ds), cutoffs))
     remapped = {w: {"own": own[w], "scored_as": scored_as[w]} for w in sorted(own) if scored_as[w] != own[w]}
     return _result(ds, counts, steps, class_ids, remapped, collisions, heatmaps, image_list)
 
