@@ -273,6 +273,20 @@ class ToyDataset(SegmentationDataset):
 
 
 DATASETS = {"voc": VOC2012, "context": PascalContext, "coco-object": COCOObject, "ade20k": ADE20K}
+AUTHORS_NAMES = {"voc": "voc", "context": "context", "coco-object": "coco", "ade20k": "ade20k"}  # their metadata/<name>
+
+
+def authors_image_list(metadata_dir: str | Path | None, name: str) -> Path | None:
+    """The authors' image list of a real dataset in a copy of their ``metadata`` folder (VCG-team/elbo-t2ialign):
+    ``<metadata_dir>/<their name>/val_id.txt`` (coco-object: ``coco``). None for ``metadata_dir`` None or a toy
+    or folder dataset; a missing file is an error naming it."""
+    if metadata_dir is None or name not in DATASETS:
+        return None
+    path = Path(metadata_dir) / AUTHORS_NAMES[name] / "val_id.txt"
+    if not path.is_file():
+        raise FileNotFoundError(f"no image list {path} for {name} (image lists: a folder laid out as the authors' "
+                                f"metadata/, {'/'.join(AUTHORS_NAMES.values())} each holding val_id.txt)")
+    return path
 
 
 def get_dataset(name: str, data_root: str | Path | None = None, cache_dir: Path | None = None,
