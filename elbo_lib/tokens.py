@@ -16,7 +16,8 @@ import re
 
 
 def _ids(tokenizer, text: str, special: bool) -> list[int]:
-    return list(tokenizer(text, add_special_tokens=special, truncation=False).input_ids)
+    # verbose=False: the tokenizer's "longer than the maximum length" notice; a class past it is our error instead
+    return list(tokenizer(text, add_special_tokens=special, truncation=False, verbose=False).input_ids)
 
 
 OCCURRENCES = ("first", "all")
@@ -31,7 +32,8 @@ def _offsets(tokenizer, caption: str) -> list[tuple[int, int]] | None:
     """Each caption token's character span (fast tokenizers), else None."""
     if not getattr(tokenizer, "is_fast", False):
         return None
-    return tokenizer(caption, add_special_tokens=True, truncation=False, return_offsets_mapping=True).offset_mapping
+    return tokenizer(caption, add_special_tokens=True, truncation=False, return_offsets_mapping=True,
+                     verbose=False).offset_mapping
 
 
 def _whole_words(hits: list[list[int]], caption: str, offsets) -> list[list[int]]:
