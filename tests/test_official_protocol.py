@@ -22,7 +22,7 @@ from elbo_lib.datasets import authors_image_list, get_dataset, official_categori
 from elbo_lib.datasets.base import present_ids
 from elbo_lib.evaluation import evaluate, measure_dataset, options
 from elbo_lib.evaluation.metrics import miou
-from elbo_lib.evaluation.official import (CROSS_FITTED, OFFICIAL, STEPS, binary_search, halves, level_cutoffs,
+from elbo_lib.evaluation.official import (CROSS_FITTED, OFFICIAL, STEPS, binary_search, halves,
                                           score_heatmaps, score_measurements, summarize_official, write_heatmaps)
 from elbo_lib.evaluation.runner import Protocol, metrics_table
 from elbo_lib.models import adapter_for, load_pipeline
@@ -71,7 +71,8 @@ def test_evaluate_scoring_reproduces_the_authors_reference(folder):
     assert e["oracle"]["probes"] == ref["binary_search"]["probes"]
     assert e["oracle"]["miou"] * 100 == pytest.approx(ref["binary_search"]["best_miou"], abs=1e-6)
     assert e["grid_maximum"]["thresholds"] == ref["curve_global_max"]["thresholds"]
-    assert e["oracle"]["protocol"] == OFFICIAL and e["oracle"]["ci95"][0] <= e["oracle"]["miou"] <= e["oracle"]["ci95"][1]
+    lo, hi = e["oracle"]["ci95"]
+    assert e["oracle"]["protocol"] == OFFICIAL and lo <= e["oracle"]["miou"] <= hi
     if folder == "ade20k":  # the name search: 'stool' and 'pot' scored as 'toilet', 'screen' as 'screen door'
         assert set(info["scored_as_other_class"]) == {"stool", "pot", "screen"}
 
@@ -223,9 +224,9 @@ def test_long_captions_stop_before_any_model_work(tmp_path, short_window_pipe, m
     data, lst = FIXTURES / "ade20k" / "data", FIXTURES / "ade20k" / "val_id.txt"
     calls = []
     monkeypatch.setattr(adapter_for(short_window_pipe).__class__, "predict", lambda *a, **k: calls.append(1))
-    with pytest.raises(CaptionTooLong, match=r"^image fixture_0001 \(line 1 of the image list of ade20k\): the caption "
-                                             r"has 19 tokens, more than the text encoder's 12-token limit: class 'floor'.*; "
-                                             r"7 of the 8 images to measure have a caption too long"):
+    with pytest.raises(CaptionTooLong, match=r"^image fixture_0001 \(line 1 of the image list of ade20k\): the "
+                                             r"caption has 19 tokens, more than the text encoder's 12-token limit: "
+                                             r"class 'floor'.*; 7 of the 8 images to measure have a caption too long"):
         evaluate("tiny", "ade20k", config=FAST, **options(data_root=str(data), image_list=str(lst),
                                                           cache_dir=tmp_path / "c", pipe=short_window_pipe))
     assert calls == []
@@ -307,7 +308,8 @@ def test_real_layout_workbook_run_uses_the_official_protocol(tmp_path):
     assert set(rows.oracle_protocol) == {OFFICIAL} and set(rows.heldout_protocol) == {CROSS_FITTED}
     assert rows.oracle_mIoU.notna().all() and rows.heldout_mIoU.notna().all() and rows.grid_max_mIoU.notna().all()
     nb = (out / "notebooks" / "table2_segmentation.ipynb").read_text()
-    for text in ("8 images of voc; threshold split: cross-fitted halves of voc (seed 0)", "official (authors' evaluation)",
-                 "cross-fitted held-out", "[plan] voc: 8 images, 21 (image, class) pairs"):
+    for text in ("8 images of voc; threshold split: cross-fitted halves of voc (seed 0)",
+                 "official (authors' evaluation)", "cross-fitted held-out",
+                 "[plan] voc: 8 images, 21 (image, class) pairs"):
         assert text in nb, text
     assert "official (authors' evaluation), oracle mIoU" in (out / "README.md").read_text()

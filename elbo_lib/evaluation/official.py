@@ -371,7 +371,8 @@ def score_measurements(pairs, ds, variants, class_ids_mode: str = "name-search",
 def halves(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """The cross-fitting split: ``n`` image indices in two halves (sorted; the first has n // 2), drawn by ``seed``."""
     if n < 2:
-        raise ValueError(f"cross-fitting needs at least 2 images, got {n}")
+        raise ValueError(f"cross-fitting needs at least 2 images, got {n}; for the oracle column alone pass "
+                         "heldout=None (--heldout none)")
     perm = np.random.default_rng([seed, 2506]).permutation(n)
     return np.sort(perm[: n // 2]), np.sort(perm[n // 2:])
 
