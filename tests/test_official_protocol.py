@@ -2,6 +2,7 @@
 reference fixtures through evaluate's scoring, evaluate against `score` on written heatmaps, cross-fitting by
 hand, the plan line, captions past the text encoder's window, the VAE's precision, and the workbook's real runs."""
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -295,7 +296,7 @@ def test_real_layout_workbook_run_uses_the_official_protocol(tmp_path):
     model = tmp_path / "tiny-voc"
     tiny_sd_pipeline(words=VOC_WORDS).save_pretrained(model)
     out = tmp_path / "figs"
-    env = {**__import__("os").environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
            "ELBO_LIB_CACHE": str(tmp_path / "cache")}
     r = subprocess.run([sys.executable, "-m", "elbo_lib.workbook", "--quick", "--model", str(model), "--data-root",
                         str(FIXTURES / "voc" / "data"), "--datasets", "voc", "--image-lists", str(FIXTURES), "--out",
