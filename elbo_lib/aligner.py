@@ -294,10 +294,7 @@ class Aligner:
         ad = self.adapter.configured(cfg.flow_shift)
         if caption is None:
             caption = default_caption(classes, cfg.caption_template, cfg.caption_item)
-        positions = [[p + ad.token_offset for p in token_positions(ad.tokenizer, ad.prompt_text(caption),
-                                                                   ad.prompt_text(c), cfg.token_occurrence,
-                                                                   limit=ad.max_text_tokens)]
-                     for c in classes]
+        positions = self.class_tokens(caption, classes, cfg)
         x0, image_hw = self.encode(image, cfg, latent)
         t_att = torch.as_tensor(attention_timesteps(cfg.attention_steps, cfg.attention_t_max), dtype=torch.float64)
         t_elbo_np = elbo_timesteps(cfg.elbo_steps, cfg.elbo_strategy, seed)
@@ -326,6 +323,16 @@ class Aligner:
         cond_cls = ad.encode_text([cfg.elbo_template.format(c) for c in elbo_classes])
         losses = class_losses(ad, x0, cond_cls, t_elbo, noise.elbo, cfg.weighting, cfg.batch_size, progress)
         return Measurement(classes, caption, t_elbo_np, losses.cpu(), t_att.numpy(), cross, self_attn, image_hw)
+
+    def class_tokens(self, caption: str, classes: list[str], cfg: AlignConfig | None = None) -> list[list[int]]:
+        """Each class's columns among the denoiser's text keys (its caption tokens plus the adapter's offset).
+        A class not in the caption is a ValueError; one reaching past the tokens the denoiser sees is a
+        :class:`~elbo_lib.tokens.CaptionTooLong` (it is never dropped)."""
+        cfg = cfg or self.config
+        ad = self.adapter
+        return [[p + ad.token_offset for p in token_positions(ad.tokenizer, ad.prompt_text(caption), ad.prompt_text(c),
+                                                              cfg.token_occurrence, limit=ad.max_text_tokens)]
+                for c in _check_classes(classes)]
 
     @torch.no_grad()
     def elbo_losses(self, image, elbo_classes: list[str], seed: int = 0, cfg: AlignConfig | None = None,
@@ -389,6 +396,9 @@ class Aligner:
             yield store
 
 def _check_classes(classes) -> list[str]:
+    """The class phrases, stripped; a string or an empty phrase is an error. A phrase may repeat: two
+    dataset classes can share a word (ADE20K's "screen" and "crt screen" in the project's names); the
+    copies get the same tokens, ELBO and heatmap, and a mask gives their pixels to the first."""
     if isinstance(classes, str):
         raise TypeError(f"classes must be a list of phrases, got the string {classes!r}; e.g. [{classes!r}]")
     classes = [str(c).strip() for c in classes]
@@ -396,7 +406,4 @@ def _check_classes(classes) -> list[str]:
         raise ValueError("the class list is empty; give at least one class phrase")
     if any(not c for c in classes):
         raise ValueError("a class phrase is empty")
-    dup = sorted({c for c in classes if classes.count(c) > 1})
-    if dup:
-        raise ValueError(f"duplicate classes {dup}; each class must appear once")
     return classes

@@ -19,8 +19,10 @@ WORDS = ["a", "and", "photo", "of", ",", "red", "green", "blue", "yellow", "purp
          "small", "the"]
 
 
-def tiny_clip_tokenizer(max_length: int = 77):
-    return build_tokenizer(WORDS, model_max_length=max_length)
+def tiny_clip_tokenizer(max_length: int = 77, words: tuple[str, ...] = ()):
+    """CLIP BPE over :data:`WORDS` plus ``words`` (each word of a multi-word phrase becomes one token)."""
+    extra = [w for phrase in words for w in phrase.lower().split()]
+    return build_tokenizer(WORDS + [w for w in dict.fromkeys(extra) if w not in WORDS], model_max_length=max_length)
 
 
 def tiny_t5_tokenizer():
@@ -64,10 +66,12 @@ def _vae(latent_channels: int = 4, **kw) -> AutoencoderKL:
                          latent_channels=latent_channels, norm_num_groups=4, sample_size=32, **kw)
 
 
-def tiny_sd_pipeline(prediction_type: str = "epsilon", seed: int = 0) -> StableDiffusionPipeline:
-    """SD 1.x (eps) or SD 2.x-v (``prediction_type="v_prediction"``) shaped, 32 px images."""
+def tiny_sd_pipeline(prediction_type: str = "epsilon", seed: int = 0, words: tuple[str, ...] = ()
+                     ) -> StableDiffusionPipeline:
+    """SD 1.x (eps) or SD 2.x-v (``prediction_type="v_prediction"``) shaped, 32 px images; ``words`` extend the
+    tokenizer's whole-word vocabulary (e.g. a dataset's class words; the default pipeline is unchanged)."""
     torch.manual_seed(seed)
-    tok = tiny_clip_tokenizer()
+    tok = tiny_clip_tokenizer(words=words)
     unet = UNet2DConditionModel(block_out_channels=(16, 32), layers_per_block=1, sample_size=16, in_channels=4,
                                 out_channels=4, down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
                                 up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=32,
