@@ -14,16 +14,18 @@ import math
 import numpy as np
 import pytest
 import torch
-from diffusers import DDIMScheduler, EulerAncestralDiscreteScheduler, EulerDiscreteScheduler
+from diffusers import (DDIMScheduler, EDMDPMSolverMultistepScheduler, EDMEulerScheduler,
+                       EulerAncestralDiscreteScheduler, EulerDiscreteScheduler)
 from PIL import Image
 
 import elbo_lib
 from elbo_lib import AlignConfig, Aligner
 from elbo_lib.attention import capture_attention, gaussian_layer_weights
-from elbo_lib.elbo import class_losses, elbo_timesteps, shared_noise
+from elbo_lib.elbo import class_losses, shared_noise
 from elbo_lib.models import StableDiffusion3Adapter, StableDiffusionAdapter, StableDiffusionXLAdapter, adapter_for
 from elbo_lib.models.edm import EDMNoise, normalised_latent
-from elbo_lib.models.random_init import HUB_SCHEDULERS, PLAYGROUND_VAE, hub_scheduler, tiny_sd35_pipeline
+from elbo_lib.models.random_init import (HUB_SCHEDULERS, PLAYGROUND_VAE, hub_scheduler, tiny_sd35_pipeline,
+                                        tiny_sdxl_pipeline)
 
 FAST = dict(elbo_steps=3, attention_steps=2)
 T = torch.tensor([0.001, 0.02, 0.2, 0.5, 0.951], dtype=torch.float64)
@@ -243,6 +245,28 @@ def test_edm_native_latent_normalisation(pipes):
     bad = type(pipe.vae.config)({**pipe.vae.config, "latents_mean": [0.0] * 3})
     with pytest.raises(ValueError, match="3 / 4 entries for a 4-channel latent"):
         normalised_latent(z, bad)
+
+
+@pytest.mark.parametrize("scheduler,n", [(EDMEulerScheduler(), 1001),
+                                         (EDMDPMSolverMultistepScheduler(sigma_schedule="exponential"), 1000)])
+def test_other_edm_schedulers_run_both_rows(scheduler, n):
+    """An SDXL pipeline with EDMEulerScheduler (its grid has num_train_timesteps + 1 sigmas) or the exponential
+    schedule: the official row is the DDIM rebuild, edm_native that scheduler's own grid at k = round(1000 t)."""
+    pipe = tiny_sdxl_pipeline(scheduler=scheduler)
+    ad = adapter_for(pipe).configured(True, True)
+    k = torch.round(T * 1000).long()
+    if scheduler.config.sigma_schedule == "karras":
+        want = _karras(k, n=n)
+    else:
+        want = (math.log(0.002) + k.double() / (n - 1) * (math.log(80.0) - math.log(0.002))).exp()
+    a, s = ad.alpha_sigma(T)
+    torch.testing.assert_close((s / a).double(), want, rtol=1e-5, atol=0)
+    ddim = DDIMScheduler.from_config(scheduler.config)
+    torch.testing.assert_close(adapter_for(pipe).alpha_sigma(T)[0].double(), ddim.alphas_cumprod[k].double().sqrt(),
+                               rtol=1e-6, atol=1e-7)
+    for edm in (False, True):
+        res = Aligner(pipe, **FAST, edm_native=edm)(_img(), ["red circle", "cat"], seed=0)
+        assert np.isfinite(res.heatmaps).all() and np.isfinite(res.elbo).all()
 
 
 def test_edm_noise_refuses_a_non_edm_scheduler(pipes):

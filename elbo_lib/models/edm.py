@@ -11,10 +11,12 @@ holds ``sigma_min``, ``sigma_max``, ``sigma_data``, ``rho`` and the network's pr
   UNet's time input, the raw UNet output scored as the epsilon prediction, and the latent scaled by
   ``scaling_factor`` alone.
 - **EDM's own** (``edm_native=True``, a project option; :class:`EDMNoise`): the scheduler's training grid of
-  noise levels (a fresh copy's ``sigmas`` without the final 0, flipped to increasing noise: the Karras
-  schedule with rho from ``sigma_min`` to ``sigma_max`` over ``num_train_timesteps`` points), sigma_k at
-  k = round(1000 t); the UNet sees c_in (x0 + sigma eps) with c_in = 1 / sqrt(sigma^2 + sigma_data^2)
-  (``precondition_inputs``), so alpha_t = c_in and sigma_t = sigma c_in in Eq. 2, and the time input
+  noise levels (a fresh copy's ``sigmas`` without the final sampling entry, flipped to increasing noise: the
+  Karras (or exponential) schedule from ``sigma_min`` to ``sigma_max``; ``EDMDPMSolverMultistepScheduler``
+  spaces ``num_train_timesteps`` points, ``EDMEulerScheduler`` one more), sigma_k at k = round(1000 t)
+  (clamped to the grid), so sigma sits at about fraction t of the schedule's ramp; the UNet sees
+  c_in (x0 + sigma eps) with c_in = 1 / sqrt(sigma^2 + sigma_data^2) (``precondition_inputs``), so
+  alpha_t = c_in and sigma_t = sigma c_in in Eq. 2, and the time input
   c_noise = ln(sigma) / 4 (``precondition_noise``); its output F gives the denoised
   D = c_skip x + c_out F (``precondition_outputs``, x = x0 + sigma eps) and the epsilon estimate
   (x - D) / sigma, scored against eps (objective ``"epsilon"``); the latent is normalised with the VAE's
@@ -57,14 +59,16 @@ class EDMNoise:
             raise ValueError(f"{type(scheduler).__name__} is not an EDM scheduler; EDM noise levels need one of "
                              f"{EDM_SCHEDULERS}")
         self.scheduler = type(scheduler).from_config(scheduler.config)
-        self.grid = self.scheduler.sigmas[:-1].double().flip(0)  # increasing noise; the final 0 dropped
-        if len(self.grid) != int(self.scheduler.config.num_train_timesteps):
-            raise ValueError(f"the EDM scheduler's training grid has {len(self.grid)} sigmas for "
-                             f"{self.scheduler.config.num_train_timesteps} training timesteps")
+        self.grid = self.scheduler.sigmas[:-1].double().flip(0)  # increasing noise; the final sampling entry dropped
 
-    def sigma(self, k: torch.Tensor) -> torch.Tensor:
-        """sigma at integer timesteps k (float64, on the CPU)."""
-        return self.grid[k.cpu()]
+    def timestep(self, t: torch.Tensor) -> torch.Tensor:
+        """t in [0, 1] -> the grid index k = round(T t) (T = num_train_timesteps), clamped to the grid."""
+        T = int(self.scheduler.config.num_train_timesteps)
+        return torch.clamp(torch.round(t.double().cpu() * T), 0, len(self.grid) - 1).long()
+
+    def sigma(self, t: torch.Tensor) -> torch.Tensor:
+        """The noise level at times t in [0, 1] (float64, on the CPU)."""
+        return self.grid[self.timestep(t)]
 
     def c_in(self, sigma: torch.Tensor) -> torch.Tensor:
         return self.scheduler.precondition_inputs(torch.ones_like(sigma), sigma)

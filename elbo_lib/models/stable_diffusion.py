@@ -49,22 +49,25 @@ class _DiscreteScheduleAdapter(PipelineAdapter):
     def objective(self) -> str:
         if self.uses_edm:
             return "epsilon"  # predict() returns the preconditioned network's epsilon estimate
-        return str(self._schedule()[0].config.prediction_type)
+        return str(self._ddim().config.prediction_type)
 
-    def _schedule(self) -> tuple[DDIMScheduler, EDMNoise | None]:
-        """(the authors' DDIM scheduler, EDM's noise levels or None), rebuilt when the pipeline's scheduler changes."""
-        cached = getattr(self, "_schedule_cache", None)
-        if cached is None or cached[0] is not self.pipe.scheduler:
-            sched = self.pipe.scheduler
-            cached = (sched, authors_ddim(sched), EDMNoise(sched) if is_edm(sched) else None)
-            self._schedule_cache = cached
-        return cached[1], cached[2]
+    def _cached(self, what: str, build):
+        """``build(scheduler)``, kept until the pipeline's scheduler is replaced."""
+        cache = getattr(self, "_schedule_cache", None)
+        if cache is None or cache["scheduler"] is not self.pipe.scheduler:
+            cache = self._schedule_cache = {"scheduler": self.pipe.scheduler}
+        if what not in cache:
+            cache[what] = build(self.pipe.scheduler)
+        return cache[what]
+
+    def _ddim(self) -> DDIMScheduler:
+        return self._cached("ddim", authors_ddim)
 
     def _alphas_cumprod(self) -> torch.Tensor:
-        return self._schedule()[0].alphas_cumprod.to(torch.float64)
+        return self._ddim().alphas_cumprod.to(torch.float64)
 
     def _edm(self) -> EDMNoise:
-        return self._schedule()[1]
+        return self._cached("edm", EDMNoise)
 
     def timestep_index(self, t: torch.Tensor) -> torch.Tensor:
         """t in [0, 1] -> integer training timestep in [0, T - 1] (t = 0.001 -> 1 for T = 1000)."""
@@ -73,7 +76,7 @@ class _DiscreteScheduleAdapter(PipelineAdapter):
 
     def alpha_sigma(self, t):
         if self.uses_edm:
-            sigma = self._edm().sigma(self.timestep_index(t))
+            sigma = self._edm().sigma(t)
             c_in = self._edm().c_in(sigma)
             return c_in.to(self.device, torch.float32), (sigma * c_in).to(self.device, torch.float32)
         ac = self._alphas_cumprod()[self.timestep_index(t).cpu()]
@@ -81,7 +84,7 @@ class _DiscreteScheduleAdapter(PipelineAdapter):
 
     def model_timestep(self, t):
         if self.uses_edm:
-            return self._edm().c_noise(self._edm().sigma(self.timestep_index(t))).to(self.device, torch.float32)
+            return self._edm().c_noise(self._edm().sigma(t)).to(self.device, torch.float32)
         return self.timestep_index(t).to(self.device)
 
     @torch.no_grad()
@@ -99,7 +102,7 @@ class _DiscreteScheduleAdapter(PipelineAdapter):
         out = self.denoise(z_t, t, cond)
         if not self.uses_edm:
             return out
-        return self._edm().epsilon(z_t, out, self._edm().sigma(self.timestep_index(t)))
+        return self._edm().epsilon(z_t, out, self._edm().sigma(t))
 
 
 @register
