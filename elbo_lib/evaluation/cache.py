@@ -80,7 +80,10 @@ def load_measurement(path: str | os.PathLike) -> Measurement:
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = json.loads((f.metadata() or {})["measurement"])
-        return Measurement.from_parts(load_file(str(path)), meta)
+        # fresh allocations: tensors read from the file sit at arbitrary byte offsets, and float32 matrix products
+        # on unaligned memory sum in another order on some CPUs (AVX2), so a cached measurement would finalize
+        # differently from the fresh one (about 1e-3 on a heatmap)
+        return Measurement.from_parts({k: v.clone() for k, v in load_file(str(path)).items()}, meta)
     except (SafetensorError, KeyError, ValueError, json.JSONDecodeError) as e:
         raise ValueError(f"{path} is not a measurement file written by elbo_lib ({e}); delete it to re-measure") from e
 
