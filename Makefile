@@ -3,6 +3,7 @@
 #   make test-fast    unit tests only, no notebooks, no trained-model checks
 #   make reproduce    run every notebook with full-size parameters; figures/ + figures/README.md
 #   make reproduce MODEL=stabilityai/stable-diffusion-2-1-base DATA_ROOT=/data DATASETS="voc context coco-object ade20k" DEVICE=cuda
+#                  [IMAGE_LISTS=elbo-t2ialign/metadata]   real data: every image of each list, the authors' evaluation
 #   make toy-model    train the toy model from scratch (resumable); TRAIN_ARGS="--device cuda --batch 128 ..."; ARCH=v / sd3: the v-prediction / SD 3-shaped one
 #   make toy-check    the toy model's quality gates -> data/toy-sd/quality.json (ARCH=v / sd3: data/toy-sd-v / data/toy-sd3)
 #   make explore      the widget explorer as a web page (Voila) on http://127.0.0.1:8866 (PORT=...)
@@ -13,7 +14,8 @@ export PYTHONHASHSEED := 0
 export MPLBACKEND := Agg
 
 REPRO_ARGS := $(if $(MODEL),--model $(MODEL)) $(if $(DATA_ROOT),--data-root $(DATA_ROOT)) \
-              $(if $(DATASETS),--datasets "$(DATASETS)") $(if $(DEVICE),--device $(DEVICE)) $(if $(OUT),--out $(OUT))
+              $(if $(DATASETS),--datasets "$(DATASETS)") $(if $(DEVICE),--device $(DEVICE)) $(if $(OUT),--out $(OUT)) \
+              $(if $(IMAGE_LISTS),--image-lists $(IMAGE_LISTS))
 
 .PHONY: venv test test-fast test-notebooks reproduce notebooks toy-model toy-check explore bench clean-cache
 

@@ -116,7 +116,7 @@ def weighting_variant(name: str, cfg: AlignConfig, adapter, weighting: str, **ov
     (:func:`elbo.reweight`, exact), at the paper's timesteps: e.g. SD 3's eps-space row beside the authors'
     plain velocity MSE, from one measurement."""
     base = variant(name, cfg, **overrides)
-    ad = adapter.configured(cfg.flow_shift)
+    ad = adapter.configured(cfg.flow_shift, cfg.edm_native)
 
     def heatmaps(m: Measurement, c: AlignConfig) -> np.ndarray:
         m = dataclasses.replace(m, elbo=reweight(m.elbo, ad, m.elbo_t, cfg.weighting, weighting))

@@ -48,6 +48,9 @@ class AlignConfig:
     - ``weighting="authors"``: epsilon-space MSE for DDPM-type models (and PixArt-Sigma), plain velocity MSE
       for SD 3 (and FLUX);
     - ``flow_shift=True``: SD 3 noise levels from the scheduler's shifted sigmas;
+    - ``edm_native=False``: an EDM-scheduler pipeline (Playground v2.5) noised as the authors' code does, with
+      ``DDIMScheduler.from_config`` of its scheduler config, i.e. DDIMScheduler's default betas (``True``, a
+      project option: EDM's own noise levels, preconditioning and latent normalisation; :mod:`.models.edm`);
     - ``token_occurrence="first"``, ``resize="vae-bilinear"``, ``noise="stream"`` (one seeded stream
       per image: the attention noise, then the ELBO noise, as the authors draw them).
 
@@ -75,6 +78,7 @@ class AlignConfig:
     fixed_score: float | None = None
     weighting: str = "authors"
     flow_shift: bool = True
+    edm_native: bool = False
     token_occurrence: str = "first"
     resize: str = "vae-bilinear"
     noise: str = "stream"
@@ -126,6 +130,8 @@ class AlignConfig:
                 "token_occurrence", "resize", "noise", "elbo_template", "caption_template", "caption_item",
                 "resolution")
         key = {k: (repr(v) if callable(v) else v) for k, v in dataclasses.asdict(self).items() if k in keep}
+        if self.edm_native:  # only when set: the keys of measurements made before the option existed still match
+            key["edm_native"] = True
         return {**key, "version": MEASURE_VERSION}
 
 
@@ -291,13 +297,10 @@ class Aligner:
             raise ValueError("an ELBO phrase is empty")
         if len(elbo_classes) != len(classes):
             raise ValueError(f"elbo_classes must pair with classes one to one: {len(elbo_classes)} vs {len(classes)}")
-        ad = self.adapter.configured(cfg.flow_shift)
+        ad = self.adapter.configured(cfg.flow_shift, cfg.edm_native)
         if caption is None:
             caption = default_caption(classes, cfg.caption_template, cfg.caption_item)
-        positions = [[p + ad.token_offset for p in token_positions(ad.tokenizer, ad.prompt_text(caption),
-                                                                   ad.prompt_text(c), cfg.token_occurrence,
-                                                                   limit=ad.max_text_tokens)]
-                     for c in classes]
+        positions = self.class_tokens(caption, classes, cfg)
         x0, image_hw = self.encode(image, cfg, latent)
         t_att = torch.as_tensor(attention_timesteps(cfg.attention_steps, cfg.attention_t_max), dtype=torch.float64)
         t_elbo_np = elbo_timesteps(cfg.elbo_steps, cfg.elbo_strategy, seed)
@@ -327,6 +330,16 @@ class Aligner:
         losses = class_losses(ad, x0, cond_cls, t_elbo, noise.elbo, cfg.weighting, cfg.batch_size, progress)
         return Measurement(classes, caption, t_elbo_np, losses.cpu(), t_att.numpy(), cross, self_attn, image_hw)
 
+    def class_tokens(self, caption: str, classes: list[str], cfg: AlignConfig | None = None) -> list[list[int]]:
+        """Each class's columns among the denoiser's text keys (its caption tokens plus the adapter's offset).
+        A class not in the caption is a ValueError; one reaching past the tokens the denoiser sees is a
+        :class:`~elbo_lib.tokens.CaptionTooLong` (it is never dropped)."""
+        cfg = cfg or self.config
+        ad = self.adapter
+        return [[p + ad.token_offset for p in token_positions(ad.tokenizer, ad.prompt_text(caption), ad.prompt_text(c),
+                                                              cfg.token_occurrence, limit=ad.max_text_tokens)]
+                for c in _check_classes(classes)]
+
     @torch.no_grad()
     def elbo_losses(self, image, elbo_classes: list[str], seed: int = 0, cfg: AlignConfig | None = None,
                     elbo_idx=None) -> torch.Tensor:
@@ -336,7 +349,7 @@ class Aligner:
         cfg = cfg or self.config
         if not elbo_classes or any(not str(c).strip() for c in elbo_classes):
             raise ValueError("ELBO phrases must be a non-empty list of non-empty phrases")
-        ad = self.adapter.configured(cfg.flow_shift)
+        ad = self.adapter.configured(cfg.flow_shift, cfg.edm_native)
         x0, _ = self.encode(image, cfg)
         t_all = elbo_timesteps(cfg.elbo_steps, cfg.elbo_strategy, seed)
         n_att = len(attention_timesteps(cfg.attention_steps, cfg.attention_t_max))
@@ -357,7 +370,8 @@ class Aligner:
         is checked and used as it is."""
         pil = to_pil_rgb(image)
         if latent is None:
-            x0 = self.adapter.encode_image(self.adapter.preprocess(pil, cfg.resolution, cfg.resize))
+            ad = self.adapter.configured(cfg.flow_shift, cfg.edm_native)  # EDM's latent normalisation with edm_native
+            x0 = ad.encode_image(ad.preprocess(pil, cfg.resolution, cfg.resize))
         else:
             if not isinstance(latent, torch.Tensor) or latent.ndim != 4 or latent.shape[0] != 1:
                 raise ValueError(f"latent must be a (1, C, h, w) tensor, got {getattr(latent, 'shape', type(latent))}")
@@ -371,7 +385,7 @@ class Aligner:
         """Alg. 1 line 2: noise x0 at each attention time (Eq. 2) and run the denoiser with the caption
         under :func:`capture_attention`; yields one store per batch of timesteps. ``noise`` (T_a, C, h, w)
         defaults to the attention part of :meth:`Noise.draw` for ``seed`` and ``cfg.noise``."""
-        ad = (ad or self.adapter.configured(cfg.flow_shift)).for_latent(x0)
+        ad = (ad or self.adapter.configured(cfg.flow_shift, cfg.edm_native)).for_latent(x0)
         latent_hw = (x0.shape[-2] // ad.patch_size, x0.shape[-1] // ad.patch_size)
         if noise is None:
             noise = Noise.draw(x0.shape[1:], len(t_att), 0, seed, cfg.noise).attention
@@ -389,6 +403,9 @@ class Aligner:
             yield store
 
 def _check_classes(classes) -> list[str]:
+    """The class phrases, stripped; a string or an empty phrase is an error. A phrase may repeat: two
+    dataset classes can share a word (ADE20K's "screen" and "crt screen" in the project's names); the
+    copies get the same tokens, ELBO and heatmap, and a mask gives their pixels to the first."""
     if isinstance(classes, str):
         raise TypeError(f"classes must be a list of phrases, got the string {classes!r}; e.g. [{classes!r}]")
     classes = [str(c).strip() for c in classes]
@@ -396,7 +413,4 @@ def _check_classes(classes) -> list[str]:
         raise ValueError("the class list is empty; give at least one class phrase")
     if any(not c for c in classes):
         raise ValueError("a class phrase is empty")
-    dup = sorted({c for c in classes if classes.count(c) > 1})
-    if dup:
-        raise ValueError(f"duplicate classes {dup}; each class must appear once")
     return classes

@@ -1,5 +1,6 @@
-"""Command line: ``python -m elbo_lib segment IMAGE --classes "a,b" --out DIR`` and
-``python -m elbo_lib evaluate --model data/toy-sd --dataset toy-test --out DIR``.
+"""Command line: ``python -m elbo_lib segment IMAGE --classes "a,b" --out DIR``,
+``python -m elbo_lib evaluate --model data/toy-sd --dataset toy-test --out DIR`` and
+``python -m elbo_lib score --heatmaps DIR --dataset voc --data-root ROOT`` (the authors' real-data scoring).
 
 A mistake in the input ends with one line on stderr that names it and exit status 2; ``--debug``
 shows the traceback instead."""
@@ -19,6 +20,7 @@ from .aligner import PRESETS, Aligner
 from .baselines import NotRunnable
 from .datasets.base import read_rgb
 from .elbo import NonFiniteError
+from .evaluation.official import heatmap_name, score_heatmaps, summary_lines, write_heatmaps, write_score
 from .evaluation.runner import Protocol, Source, evaluate, metrics_table
 from .models import load_pipeline
 from .paths import CACHE_DIR
@@ -43,6 +45,9 @@ def _segment(a) -> int:
     if not classes:
         raise ValueError("--classes must name at least one class, comma-separated")
     rgb = read_rgb(a.image)
+    if a.save_heatmaps is not None:  # refuse words the authors' file names cannot hold before any model work
+        for c in classes:
+            heatmap_name(a.heatmap_index, c)
     warn_untrained(a.model, classes)
     pipe = load_pipeline(a.model, device=a.device)
     overrides = {"gamma": a.gamma} if a.gamma is not None else {}
@@ -66,6 +71,8 @@ def _segment(a) -> int:
                "elbo_total": res.elbo.sum(1).tolist(),
                "mask_values": {"0": "background", **{str(i + 1): c for i, c in enumerate(classes)}}}
     (out / "result.json").write_text(json.dumps(summary, indent=2))
+    if a.save_heatmaps is not None:
+        write_heatmaps(a.save_heatmaps, a.heatmap_index, classes, res.heatmaps)
     print(json.dumps({k: summary[k] for k in ("classes", "scores", "elbo_total")}))
     return 0
 
@@ -86,10 +93,21 @@ def _evaluate(a) -> int:
     overrides = {k: v for k, v in (("elbo_steps", a.elbo_steps), ("attention_steps", a.attention_steps)) if v is not None}
     cfg = dataclasses.replace(paper_config(a.model, a.preset), **overrides)
     m = evaluate(a.model, a.dataset, config=cfg, variants=paper_variants(cfg, a.gamma), seed=a.seed,
-                 protocol=Protocol(heldout=_heldout(a.heldout), n_boot=a.n_boot),
-                 source=Source(data_root=a.data_root, limit=a.limit, cache_dir=a.cache_dir, device=a.device),
+                 protocol=Protocol(heldout=_heldout(a.heldout), n_boot=a.n_boot, real=a.protocol,
+                                   class_ids=a.class_ids),
+                 source=Source(data_root=a.data_root, image_list=a.image_list, class_words=a.class_words,
+                               limit=a.limit, cache_dir=a.cache_dir, device=a.device),
                  out=a.out)
     print(metrics_table(m).to_markdown(index=False, floatfmt=".3f"))
+    return 0
+
+
+def _score(a) -> int:
+    result = score_heatmaps(a.heatmaps, a.dataset, a.data_root, a.image_list, a.class_ids)
+    out = Path(a.out) if a.out is not None else Path(a.heatmaps).resolve().parent
+    paths = write_score(result, out)
+    print("\n".join(summary_lines(result)))
+    print(f"saved {', '.join(str(p) for p in paths)}")
     return 0
 
 
@@ -107,14 +125,28 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--gamma", type=float, default=None)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--device", default=None)
+    s.add_argument("--save-heatmaps", default=None, metavar="DIR",
+                   help="also write the calibrated heatmaps in the authors' format, DIR/{k}_{class}.png (8-bit)")
+    s.add_argument("--heatmap-index", type=int, default=0, metavar="K",
+                   help="the image index k in those file names (the image's line in the image list; default 0)")
     s.set_defaults(func=_segment)
     e = sub.add_parser("evaluate", help="zero-shot referring segmentation on a dataset (cached, resumable)")
     e.add_argument("--model", default="data/toy-sd")
     e.add_argument("--dataset", default="toy-test")
     e.add_argument("--data-root", default=None)
+    e.add_argument("--image-list", default=None, help="file of image names, one a line (default: the val split)")
+    e.add_argument("--class-words", default=None,
+                   help="official (the authors' category keys, the default of the four real datasets) or project")
     e.add_argument("--limit", type=int, default=None)
     e.add_argument("--gamma", type=float, nargs="*", default=[], help="extra gamma values to report")
-    e.add_argument("--heldout", default="auto", help="threshold split: a dataset name, a fraction, or 'none'")
+    e.add_argument("--heldout", default="auto",
+                   help="threshold split: auto (toy: toy-val; real data, official: cross-fitted halves), a dataset "
+                        "name or a fraction (project protocol), or 'none'")
+    e.add_argument("--protocol", default="official", choices=["official", "project"],
+                   help="how voc, context, coco-object and ade20k are scored: official (the authors' evaluation, "
+                        "every image of the list) or project (the project's threshold grid and held-out fraction)")
+    e.add_argument("--class-ids", default="name-search", choices=["name-search", "own"],
+                   help="official protocol: the authors' name search of heatmap names, or each class as itself")
     e.add_argument("--cache-dir", default=None, help=f"measurement cache (default {CACHE_DIR})")
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--n-boot", type=int, default=1000)
@@ -123,6 +155,18 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--device", default=None)
     e.add_argument("--out", required=True)
     e.set_defaults(func=_evaluate)
+    c = sub.add_parser("score", help="score heatmaps in the authors' format with their real-data protocol")
+    c.add_argument("--heatmaps", required=True, metavar="DIR", help="folder of {k}_{class}.png 8-bit heatmaps")
+    c.add_argument("--dataset", required=True, help="voc, context, coco-object or ade20k")
+    c.add_argument("--data-root", required=True, metavar="ROOT", help="directory holding the dataset's layout")
+    c.add_argument("--image-list", default=None, metavar="FILE",
+                   help="image names, one a line; line k is image k (default: the full val split)")
+    c.add_argument("--class-ids", default="name-search",
+                   help="name-search (the authors': ADE20K 'stool', 'pot' -> 'toilet', 'screen' -> 'screen door') "
+                        "or own (each heatmap scored as its own class)")
+    c.add_argument("--out", default=None, metavar="DIR",
+                   help="where official_score.json and the CSVs go (default: the heatmap folder's parent)")
+    c.set_defaults(func=_score)
     for sp in (s, e):
         sp.add_argument("--preset", default="official", choices=sorted(PRESETS),
                         help="official: the authors' algorithm (default); project: the project's earlier choices")

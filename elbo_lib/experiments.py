@@ -13,7 +13,7 @@ from .ablations import (PAPER_ATT, PAPER_ELBO, SUPERSET, Variant, attention_subs
                         weighting_variant)
 from .aligner import AlignConfig, finalize
 from .baselines import get_baseline
-from .datasets import get_dataset
+from .datasets import authors_image_list, get_dataset
 from .evaluation.runner import evaluate, measure_dataset, options
 from .evaluation.runner import metrics_table as table  # noqa: F401  (one table builder, used by every notebook)
 from .paths import REPO_ROOT
@@ -55,9 +55,13 @@ DIFFPNG_NOTE = ("not run: DiffPNG localises with the Segment Anything Model (SAM
 
 
 def run(variants: list[Variant], model: str = "data/toy-sd", dataset: str = "toy-test", limit: int | None = None,
-        seed: int = 0, cfg: AlignConfig | None = None, **kw) -> dict:
-    """Evaluate variants of one measurement (default: the superset; the first call per dataset fills the cache)."""
+        seed: int = 0, cfg: AlignConfig | None = None, image_lists=None, **kw) -> dict:
+    """Evaluate variants of one measurement (default: the superset; the first call per dataset fills the cache).
+    ``image_lists``: a folder laid out as the authors' ``metadata/`` (their ``<name>/val_id.txt`` per real dataset),
+    or None for each dataset's default list."""
     cfg = cfg or superset_config(model)
+    if image_lists is not None:
+        kw["image_list"] = authors_image_list(image_lists, dataset)
     mixed = [v.name for v in variants if (v.elbo_idx is not None) != is_superset(cfg)]
     if mixed:
         raise ValueError(f"variants {mixed} were built for a different measurement config than the one given")

@@ -14,6 +14,33 @@ from .aligner import AlignConfig, Aligner
 from .elbo import class_losses, class_losses_loop, elbo_timesteps, shared_noise
 
 
+# Seconds per denoiser pass (one batch entry) from the committed benchmarks, 10 classes (20 ELBO x 10 classes + 10
+# attention passes = 210 per image): the estimate of a run before anything of its model was measured on the machine.
+BENCHMARK_RATES = {
+    "cuda": (0.777 / 210, "benchmarks/results/sd15-random-h200.md (0.777 s per image at 10 classes: SD 1.5's UNet "
+                          "shape, fp16, one H200)"),
+    "cpu": (1.411 / 210, "benchmarks/README.md (1.411 s per image at 10 classes: the toy model on 2 CPU cores; a "
+                         "real model on a CPU is far slower)"),
+}
+
+
+def denoiser_passes(cfg: AlignConfig, n_classes: int, elbo: bool = True) -> int:
+    """Denoiser passes (batch entries) one image's measurement makes: the attention passes, plus each class's ELBO
+    passes with ``elbo``."""
+    return cfg.attention_steps + (n_classes * cfg.elbo_steps if elbo else 0)
+
+
+def duration(seconds: float) -> str:
+    """'45 s', '12 min', '3.4 h', '2.1 days'."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 2 * 86400:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} days"
+
+
 def sync(device) -> None:
     if str(device).startswith("cuda"):
         torch.cuda.synchronize()

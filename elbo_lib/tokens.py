@@ -16,17 +16,24 @@ import re
 
 
 def _ids(tokenizer, text: str, special: bool) -> list[int]:
-    return list(tokenizer(text, add_special_tokens=special, truncation=False).input_ids)
+    # verbose=False: the tokenizer's "longer than the maximum length" notice; a class past it is our error instead
+    return list(tokenizer(text, add_special_tokens=special, truncation=False, verbose=False).input_ids)
 
 
 OCCURRENCES = ("first", "all")
+
+
+class CaptionTooLong(ValueError):
+    """A class phrase's tokens reach past what the text encoder sees: its attention columns would be cut off
+    (the authors' token search would index past them and fail). Never dropped or shortened silently."""
 
 
 def _offsets(tokenizer, caption: str) -> list[tuple[int, int]] | None:
     """Each caption token's character span (fast tokenizers), else None."""
     if not getattr(tokenizer, "is_fast", False):
         return None
-    return tokenizer(caption, add_special_tokens=True, truncation=False, return_offsets_mapping=True).offset_mapping
+    return tokenizer(caption, add_special_tokens=True, truncation=False, return_offsets_mapping=True,
+                     verbose=False).offset_mapping
 
 
 def _whole_words(hits: list[list[int]], caption: str, offsets) -> list[list[int]]:
@@ -60,8 +67,9 @@ def token_positions(tokenizer, caption: str, phrase: str, occurrence: str = "fir
 
     Matching is on token ids, so case and punctuation follow the tokenizer (CLIP lower-cases and
     splits punctuation; T5 does neither), with the character-span fallback of the module docstring.
-    A phrase that does not occur, or occurs only past ``limit`` tokens (default: the tokenizer's
-    maximum length; pass how many tokens the denoiser sees), is a ValueError.
+    A phrase that does not occur is a ValueError; one whose chosen occurrence reaches, even in part, past
+    ``limit`` tokens (default: the tokenizer's maximum length; pass how many tokens the denoiser sees) is a
+    :class:`CaptionTooLong` naming the caption's token count.
     """
     if occurrence not in OCCURRENCES:
         raise ValueError(f"token occurrence must be one of {OCCURRENCES}, got {occurrence!r}")
@@ -83,10 +91,11 @@ def token_positions(tokenizer, caption: str, phrase: str, occurrence: str = "fir
     limit = limit or getattr(tokenizer, "model_max_length", None) or len(cap)
     if occurrence == "first":
         hits = hits[:1]
-    positions = sorted({p for hit in hits for p in hit if p < limit})
-    if not positions:
-        raise ValueError(f"class {phrase!r} occurs only past the {limit}-token limit of the text encoder "
-                         f"in caption {caption!r}; shorten the caption")
+    positions = sorted({p for hit in hits for p in hit})
+    if positions[-1] >= limit:
+        raise CaptionTooLong(f"the caption has {len(cap)} tokens, more than the text encoder's {limit}-token limit: "
+                             f"class {phrase!r} (tokens {positions[0]}..{positions[-1]}) lies past it in caption "
+                             f"{caption!r}; shorten the caption or leave the image out (no class is dropped)")
     return positions
 
 

@@ -1,6 +1,9 @@
 # %% [markdown]
 # # Table IV — S from the whole noun phrase ("red circle") or the single noun ("circle")
 # Attention always uses the caption's phrase tokens; only the ELBO prompt changes.
+# On real data the authors' Table IV uses their own AEP set with per-image noun phrases (a pickled prompts file,
+# which the workbook never loads); the project's real-data Table IV uses the datasets' class names instead: the
+# "noun phrase" is the class name (mostly one word) and the "single noun" its last word.
 
 # %% tags=["parameters"]
 model = "data/toy-sd"

@@ -7,8 +7,9 @@ warnings.filterwarnings("ignore")
 import pytest
 import torch
 
-from elbo_lib.models.random_init import (tiny_flux_pipeline, tiny_pixart_pipeline, tiny_sd3_pipeline, tiny_sd_pipeline,
-                                        tiny_sdxl_pipeline)
+from elbo_lib.models.random_init import (tiny_flux_pipeline, tiny_pixart_pipeline, tiny_playground_pipeline,
+                                        tiny_sd3_pipeline, tiny_sd35_pipeline, tiny_sd_pipeline, tiny_sd_turbo_pipeline,
+                                        tiny_sdxl_pipeline, tiny_sdxl_turbo_pipeline)
 
 torch.set_num_threads(2)
 
@@ -17,6 +18,11 @@ FAMILIES = {
     "sd2v": lambda: tiny_sd_pipeline("v_prediction"),
     "sdxl": tiny_sdxl_pipeline,
     "sd3": tiny_sd3_pipeline,
+    # the paper's other Table III shapes, with the schedulers their hub repositories ship (random_init.HUB_SCHEDULERS)
+    "sd-turbo": tiny_sd_turbo_pipeline,          # SD 2.1 layout, Euler with trailing spacing
+    "sdxl-turbo": tiny_sdxl_turbo_pipeline,      # SDXL, Euler-ancestral with trailing spacing
+    "playground": tiny_playground_pipeline,      # SDXL, EDM DPM-Solver, VAE latents_mean / latents_std
+    "sd3.5": tiny_sd35_pipeline,                 # MMDiT-X: dual attention (image-only attn2), q/k RMS norm
     "flux": tiny_flux_pipeline,      # FLUX.1-dev shaped: guidance embedding, dynamic shift
     "pixart": tiny_pixart_pipeline,  # PixArt-Sigma shaped: learned sigma, masked T5 cross-attention
 }

@@ -72,12 +72,15 @@ def test_fixture_layouts_evaluate(layout, tmp_path, pipes):
     assert s.image.shape[:2] == s.label.shape and s.class_ids
     if layout == "ade20k":
         assert (s.label == 0).sum() == 0  # unlabelled pixels are ignored, not background
-    m = evaluate("tiny-sd", ds, config=FAST, out=tmp_path / "out",
-                 **options(limit=3, cache_dir=tmp_path / "cache", pipe=pipes["sd1"], n_boot=50, heldout=0.34))
+    m = evaluate("tiny-sd", ds, config=FAST, out=tmp_path / "out",  # the project protocol on every layout
+                 **options(limit=3, cache_dir=tmp_path / "cache", pipe=pipes["sd1"], n_boot=50, heldout=0.34,
+                           real="project"))
     assert set(m["variants"]) == {"uncalibrated", "calibrated"}
     for f in ("metrics.json", "per_class.csv", "size_buckets.csv", "summary.md"):
         assert (tmp_path / "out" / f).exists()
     assert m["n_images"] == 2 and m["split"]["calibration_ids"]
+    if layout != "folder":  # a real dataset: the table says how each column is scored
+        assert m["protocol"] == {"oracle": "project", "heldout": "project"}
 
 
 def test_corrupt_and_bad_inputs(tmp_path):

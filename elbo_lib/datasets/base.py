@@ -1,5 +1,6 @@
 """One interface for segmentation datasets: image, class phrases present, caption or None,
-label map over the dataset's global classes (0 = background), ignore index."""
+label map over the dataset's global classes (0 = background), ignore index; the class words
+(the authors' category keys or the project's names) and the label-file readers."""
 from __future__ import annotations
 
 import json
@@ -12,6 +13,8 @@ from PIL import Image, UnidentifiedImageError
 from ..paths import REPO_ROOT
 
 CLASS_DIR = REPO_ROOT / "data" / "classes"
+OFFICIAL_CLASS_FILE = CLASS_DIR / "official.json"
+CLASS_WORDS = ("official", "project")  # the authors' category keys (their prompts) or the project's class names
 
 
 @dataclass
@@ -62,6 +65,39 @@ def read_class_file(name: str, synonyms: bool = True) -> list[str]:
     return names
 
 
+def official_categories(dataset: str) -> list[tuple[str, list[str]]]:
+    """The authors' categories of ``dataset`` (voc, context, coco-object, ade20k) in class-id order:
+    (key, synonyms) from their metadata/<dataset>/info.yaml, shipped in data/classes/official.json.
+    The key is the class word of their prompts and heatmap file names."""
+    table = json.loads(OFFICIAL_CLASS_FILE.read_text())["datasets"]
+    if dataset not in table:
+        raise ValueError(f"no official categories for dataset {dataset!r}; "
+                         f"{OFFICIAL_CLASS_FILE.name} has {sorted(table)}")
+    return [(c["key"], list(c["synonyms"])) for c in table[dataset]["categories"]]
+
+
+def read_image_list(path: str | Path) -> list[str]:
+    """Image names, one a line (as the authors' val_id.txt); the line index is the image index ``k``
+    of their heatmap files. Blank lines inside the list and repeated names are errors."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no image list file {path} (one image name a line)")
+    lines = path.read_text().splitlines()
+    while lines and not lines[-1].strip():
+        lines.pop()
+    names = [ln.strip() for ln in lines]
+    if not names:
+        raise ValueError(f"image list {path} is empty")
+    if "" in names:
+        raise ValueError(f"image list {path}: line {names.index('') + 1} is blank (one image name a line)")
+    seen: set[str] = set()
+    for i, n in enumerate(names):
+        if n in seen:
+            raise ValueError(f"image list {path}: {n!r} repeats at line {i + 1}")
+        seen.add(n)
+    return names
+
+
 def read_rgb(path: str | Path) -> np.ndarray:
     """(H, W, 3) uint8 from an image file; a missing, non-image or truncated file is an error saying which."""
     path = Path(path)
@@ -76,18 +112,47 @@ def read_rgb(path: str | Path) -> np.ndarray:
         raise ValueError(f"{path} is corrupt or truncated: {e}") from e
 
 
-def read_label(path: Path, n_classes: int, ignore_index: int, offset: int = 0) -> np.ndarray:
-    """An index-PNG label map; ids must be in [0, n_classes] or ignore_index (after ``offset``)."""
+def label_table(pairs: dict[int, int]) -> np.ndarray:
+    """A raw-value lookup for :func:`read_label`: 256 entries, ``pairs`` {raw: label id}, -1 (not allowed) elsewhere."""
+    lut = np.full(256, -1, dtype=np.int64)
+    for raw, val in pairs.items():
+        lut[raw] = val
+    return lut
+
+
+def _spans(values: np.ndarray) -> str:
+    """'0..20, 255' for the sorted values [0, 1, ..., 20, 255]."""
+    values = [int(v) for v in values]
+    spans, start = [], 0
+    for i in range(1, len(values) + 1):
+        if i == len(values) or values[i] != values[i - 1] + 1:
+            lo, hi = values[start], values[i - 1]
+            spans.append(str(lo) if lo == hi else f"{lo}..{hi}")
+            start = i
+    return ", ".join(spans)
+
+
+def read_label(path: Path, n_classes: int, ignore_index: int, lut: np.ndarray | None = None) -> np.ndarray:
+    """An index-PNG label map; ids must be in [0, n_classes] or ignore_index. ``lut`` (from :func:`label_table`)
+    first maps the raw 8-bit values of a dataset's own convention (a raw value it does not allow is an error)."""
     if not path.exists():
         raise FileNotFoundError(f"missing label file {path}")
     try:
         with Image.open(path) as im:
-            lab = np.asarray(im).astype(np.int64)
+            raw = np.asarray(im)
     except Exception as e:
         raise ValueError(f"cannot read label map {path}: {e}") from e
-    if lab.ndim != 2:
-        raise ValueError(f"label map {path} must be a single-channel index image, got shape {lab.shape}")
-    lab = lab + offset
+    if raw.ndim != 2:
+        raise ValueError(f"label map {path} must be a single-channel index image, got shape {raw.shape}")
+    if lut is not None:
+        if raw.dtype != np.uint8:
+            raise ValueError(f"label map {path} must be an 8-bit index image, got {raw.dtype} values")
+        lab = lut[raw]
+        if (lab < 0).any():
+            raise ValueError(f"label map {path} has values {np.unique(raw[lab < 0]).tolist()} outside this "
+                             f"dataset's convention (allowed {_spans(np.flatnonzero(lut >= 0))})")
+    else:
+        lab = raw.astype(np.int64)
     bad = np.setdiff1d(np.unique(lab), np.r_[np.arange(0, n_classes + 1), ignore_index])
     if bad.size:
         raise ValueError(f"label map {path} has ids {bad.tolist()} outside the {n_classes} classes "

@@ -21,7 +21,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 
-from ..aligner import Measurement
+from ..ablations import paper_subsets
+from ..aligner import AlignConfig, Measurement
 from ..paths import CACHE_DIR, atomic_write, atomic_write_json
 
 SUFFIX = ".safetensors"
@@ -79,20 +80,60 @@ def load_measurement(path: str | os.PathLike) -> Measurement:
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = json.loads((f.metadata() or {})["measurement"])
-        return Measurement.from_parts(load_file(str(path)), meta)
+        # fresh allocations: tensors read from the file sit at arbitrary byte offsets, and float32 matrix products
+        # on unaligned memory sum in another order on some CPUs (AVX2), so a cached measurement would finalize
+        # differently from the fresh one (about 1e-3 on a heatmap)
+        return Measurement.from_parts({k: v.clone() for k, v in load_file(str(path)).items()}, meta)
     except (SafetensorError, KeyError, ValueError, json.JSONDecodeError) as e:
         raise ValueError(f"{path} is not a measurement file written by elbo_lib ({e}); delete it to re-measure") from e
+
+
+def _stem(image_id: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", image_id)
 
 
 class MeasurementCache:
     def __init__(self, root: str | os.PathLike | None, model: str | os.PathLike, settings: dict):
         self.root = Path(root or CACHE_DIR)
-        self.dir = self.root / "measurements" / model_key(model) / _hash(settings)
+        self.model_dir = self.root / "measurements" / model_key(model)
+        self.dir = self.model_dir / _hash(settings)
         self.settings = settings
 
     def _path(self, image_id: str, inputs: bytes) -> Path:
-        stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", image_id)
-        return self.dir / f"{stem}-{hashlib.sha1(inputs).hexdigest()[:12]}{SUFFIX}"
+        return self.dir / f"{_stem(image_id)}-{hashlib.sha1(inputs).hexdigest()[:12]}{SUFFIX}"
+
+    def measured_ids(self, image_ids: list[str]) -> set[str]:
+        """Which of ``image_ids`` have a measurement file here, by name alone (no image is read: a file made from
+        other pixels or another caption under the same id counts too, and is measured again when met)."""
+        if not self.dir.is_dir():
+            return set()
+        stems = {p.name[:-len(SUFFIX)].rsplit("-", 1)[0] for p in measurement_files(self.dir)}
+        return {i for i in image_ids if _stem(i) in stems}
+
+    def rate(self, device: str) -> dict | None:
+        """What earlier runs of this model on ``device`` (a torch device type) measured: seconds, denoiser passes,
+        images and cache bytes, summed (``record_rate``); None before the first."""
+        path = self.model_dir / f"rate-{device}.json"
+        if not path.exists():
+            return None
+        try:
+            rec = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path} is not a rate record written by elbo_lib ({e}); delete it") from e
+        if not all(isinstance(rec.get(k), (int, float)) and rec[k] > 0 for k in ("seconds", "passes", "images")):
+            raise ValueError(f"{path} is not a rate record written by elbo_lib; delete it")
+        return rec
+
+    def record_rate(self, device: str, seconds: float, passes: int, nbytes: int) -> None:
+        """Add one measured image to the model's rate record on ``device`` (used to estimate later runs)."""
+        rec = self.rate(device) or {"seconds": 0.0, "passes": 0, "images": 0, "bytes": 0}
+        rec = {"seconds": rec["seconds"] + seconds, "passes": rec["passes"] + passes, "images": rec["images"] + 1,
+               "bytes": rec.get("bytes", 0) + nbytes}
+        atomic_write_json(self.model_dir / f"rate-{device}.json", rec)
+
+    def file_size(self, image_id: str, inputs: bytes) -> int:
+        p = self._path(image_id, inputs)
+        return p.stat().st_size if p.exists() else 0
 
     def get(self, image_id: str, inputs: bytes) -> Measurement | None:
         """The cached measurement of ``image_id`` made from exactly ``inputs`` (see ``input_bytes``), if any."""
@@ -107,6 +148,26 @@ class MeasurementCache:
 
     def __len__(self) -> int:
         return len(measurement_files(self.dir)) if self.dir.exists() else 0
+
+
+def measurement_caches(cache_dir: str | os.PathLike | None, model: str | os.PathLike, cfg: AlignConfig, seed: int,
+                       baseline=None, nouns_only_elbo: bool = False):
+    """The cache of one measurement over a dataset (``cfg``'s measurement fields, the seed, the method: the
+    Aligner's, or a ``baseline``'s with its ``method`` and ``elbo``); with ``nouns_only_elbo`` (Table IV) also
+    the cache of the single-noun ELBO variant and its ELBO timestep indices. Returns (cache, noun cache, indices)."""
+    settings = {"align": cfg.measurement_key(), "seed": seed, "nouns_only_elbo": False}
+    method, elbo = (baseline.method, baseline.elbo) if baseline is not None else ("aligner", True)
+    if method != "aligner" or not elbo:
+        settings.update(method=method, elbo=elbo)
+    cache = MeasurementCache(cache_dir, model, settings)
+    if not nouns_only_elbo:
+        return cache, None, None
+    if baseline is not None:
+        raise ValueError("nouns_only_elbo applies to ELBO-T2IAlign's measurement, not to a baseline's")
+    noun_idx, _ = paper_subsets(cfg)  # the noun-phrase measurement with the single nouns' ELBO at the paper's timesteps
+    noun_cache = MeasurementCache(cache_dir, model, {**settings, "nouns_only_elbo": True,
+                                                     "elbo_idx": None if noun_idx is None else list(noun_idx)})
+    return cache, noun_cache, noun_idx
 
 
 def measurement_files(root: str | os.PathLike) -> list[Path]:

@@ -22,13 +22,14 @@ def intersection_union(conf: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return tp, conf.sum(0) + conf.sum(1) - tp
 
 
-def miou(inter: np.ndarray, union: np.ndarray) -> float:
-    """Mean IoU over classes whose union is non-zero (classes absent from the data do not count)."""
+def miou(inter: np.ndarray, union: np.ndarray, eps: float = 0.0) -> float:
+    """Mean IoU over classes whose union is non-zero (classes absent from the data do not count);
+    ``eps`` is added to each union (the authors' evaluation adds 1e-10)."""
     inter, union = np.asarray(inter, dtype=np.float64), np.asarray(union, dtype=np.float64)
     valid = union > 0
     if not valid.any():
         return float("nan")
-    return float((inter[valid] / union[valid]).mean())
+    return float((inter[valid] / (union[valid] + eps)).mean())
 
 
 def per_image_iu(heatmaps_nhw: np.ndarray, label: np.ndarray, class_ids: list[int], thresholds: np.ndarray,
@@ -98,3 +99,18 @@ def bootstrap_miou(inter_ic: np.ndarray, union_ic: np.ndarray, n_boot: int = 100
         out["diff_ci95"] = ci
         out["diff_p_le_0"] = float(np.mean(diffs <= 0))
     return out
+
+
+def iou_at(pairs: pd.DataFrame, k: int) -> float:
+    """Pooled IoU of (image, class) rows at threshold index ``k`` (columns ``i_k``, ``u_k``); NaN without union."""
+    u = pairs[f"u_{k}"].sum()
+    return float(pairs[f"i_{k}"].sum() / u) if u > 0 else float("nan")
+
+
+def size_buckets(pairs: pd.DataFrame, k: int) -> list[dict]:
+    """IoU of (image, class) rows by ground-truth-area decile (rows' ``area``), at threshold index ``k``."""
+    edges = np.unique(np.percentile(pairs.area, np.linspace(0, 100, 11)))
+    bucket = np.clip(np.searchsorted(edges, pairs.area, side="right") - 1, 0, len(edges) - 2)
+    return [{"bucket": int(b), "area_min": float(edges[b]), "area_max": float(edges[b + 1]),
+             "n": int((bucket == b).sum()), "iou": iou_at(pairs[bucket == b], k)}
+            for b in range(len(edges) - 1) if (bucket == b).any()]

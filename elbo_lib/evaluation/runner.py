@@ -16,15 +16,18 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from ..ablations import Variant, paper_config, paper_subsets, paper_variants
+from ..ablations import Variant, paper_config, paper_variants
 from ..aligner import AlignConfig, Aligner
 from ..baselines import Baseline, get_baseline
-from ..datasets import SegmentationDataset, get_dataset
-from ..models import load_pipeline
-from ..tokens import default_caption
+from ..datasets import DATASETS, SegmentationDataset, get_dataset
+from ..models import adapter_for, default_device_dtype, load_pipeline
+from ..timing import denoiser_passes
+from ..tokens import CaptionTooLong, default_caption
 from ..paths import atomic_write_json
-from .cache import MeasurementCache, input_bytes
-from .metrics import best_threshold, bootstrap_miou, miou, paired_drop, per_image_iu
+from .cache import input_bytes, measurement_caches
+from .metrics import best_threshold, bootstrap_miou, iou_at, miou, paired_drop, per_image_iu, size_buckets
+from .official import CLASS_IDS, PROJECT, halves, score_measurements, summarize_official
+from .plan import check_captions, make_plan
 
 THRESHOLDS = np.round(np.arange(0.05, 1.0, 0.05), 2)
 
@@ -36,28 +39,23 @@ def _caption(sample, phrases: list[str], cfg: AlignConfig) -> str:
 def measure_dataset(model: str | os.PathLike, dataset: SegmentationDataset, cfg: AlignConfig, seed: int = 0,
                     limit: int | None = None, cache_dir: str | os.PathLike | None = None, pipe=None,
                     nouns_only_elbo: bool = False, desc: str | None = None, device: str | None = None,
-                    baseline: Baseline | None = None):
+                    baseline: Baseline | None = None, keep_empty: bool = False, on_first=None):
     """Yield (sample, measurement) for the first ``limit`` images, from the cache where present;
     the pipeline is loaded only on the first cache miss. A ``baseline`` with its own ``measure``
     replaces Aligner.measure (its ``method`` names it in the cache key, its ``elbo`` says whether the
-    ELBO losses are measured)."""
-    settings = {"align": cfg.measurement_key(), "seed": seed, "nouns_only_elbo": False}
-    method, elbo = (baseline.method, baseline.elbo) if baseline is not None else ("aligner", True)
-    if method != "aligner" or not elbo:
-        settings.update(method=method, elbo=elbo)
-    cache = MeasurementCache(cache_dir, model, settings)
-    noun_idx, noun_cache = None, None
-    if nouns_only_elbo:  # the noun-phrase measurement with the single nouns' ELBO at the paper's timesteps
-        if baseline is not None:
-            raise ValueError("nouns_only_elbo applies to ELBO-T2IAlign's measurement, not to a baseline's")
-        noun_idx, _ = paper_subsets(cfg)
-        noun_cache = MeasurementCache(cache_dir, model, {**settings, "nouns_only_elbo": True,
-                                                         "elbo_idx": None if noun_idx is None else list(noun_idx)})
+    ELBO losses are measured). Images without classes are skipped, or yielded as (sample, None) with
+    ``keep_empty``. Each image measured adds its time to the model's rate record in the cache;
+    ``on_first(seconds, passes, bytes)`` is called after the first. A caption whose classes do not fit the
+    text encoder stops the run with an error naming the image (no class is dropped)."""
+    elbo = baseline.elbo if baseline is not None else True
+    cache, noun_cache, noun_idx = measurement_caches(cache_dir, model, cfg, seed, baseline, nouns_only_elbo)
     aligner = None
     n = len(dataset) if limit is None else min(limit, len(dataset))
     for i in tqdm(range(n), desc=desc or f"measure {dataset.name}"):
         sample = dataset.load(i)
         if not sample.class_ids:
+            if keep_empty:
+                yield sample, None
             continue
         phrases = dataset.phrases(sample.class_ids)
         caption = _caption(sample, phrases, cfg)
@@ -67,19 +65,33 @@ def measure_dataset(model: str | os.PathLike, dataset: SegmentationDataset, cfg:
             yield sample, m
             continue
         m = cache.get(sample.id, inputs)
-        if m is None or m.classes != phrases or noun_cache is not None:
-            if aligner is None:
-                aligner = Aligner(pipe if pipe is not None else load_pipeline(model, device=device), cfg)
-        if m is None or m.classes != phrases:
-            if baseline is not None and baseline.measure is not None:
-                m = baseline.measure(aligner, sample.image, phrases, caption, seed, cfg)
-            else:
-                m = aligner.measure(sample.image, phrases, caption, seed=seed, cfg=cfg, elbo=elbo)
-            cache.put(sample.id, m, inputs)
+        if m is not None and m.classes == phrases and noun_cache is None:
+            yield sample, m
+            continue
+        if aligner is None:  # something to measure: the pipeline loads on the first cache miss
+            aligner = Aligner(pipe if pipe is not None else load_pipeline(model, device=device), cfg)
+        t0, passes = time.perf_counter(), 0
+        try:
+            if m is None or m.classes != phrases:
+                if baseline is not None and baseline.measure is not None:
+                    m = baseline.measure(aligner, sample.image, phrases, caption, seed, cfg)
+                else:
+                    m = aligner.measure(sample.image, phrases, caption, seed=seed, cfg=cfg, elbo=elbo)
+                cache.put(sample.id, m, inputs)
+                passes += denoiser_passes(cfg, len(phrases), elbo)
+        except CaptionTooLong as e:
+            raise CaptionTooLong(f"image {sample.id} (image {i} of {dataset.name}): {e}") from e
         if noun_cache is not None:
             losses = aligner.elbo_losses(sample.image, [p.split()[-1] for p in phrases], seed, cfg, noun_idx)
             m = dataclasses.replace(m, elbo=losses)
             noun_cache.put(sample.id, m, inputs)
+            passes += len(phrases) * (len(noun_idx) if noun_idx is not None else cfg.elbo_steps)
+        seconds = time.perf_counter() - t0
+        nbytes = cache.file_size(sample.id, inputs) + (noun_cache.file_size(sample.id, inputs) if noun_cache else 0)
+        cache.record_rate(aligner.adapter.device.type, seconds, passes, nbytes)
+        if on_first is not None:
+            on_first(seconds, passes, nbytes)
+            on_first = None
         yield sample, m
 
 
@@ -111,11 +123,6 @@ def score(pairs_sm, dataset: SegmentationDataset, variants: list[Variant], thres
                 row.update({f"u_{k}": int(union[k, gid]) for k in range(len(thresholds))})
                 acc[v.name][2].append(row)
     return {name: Scored(np.stack(i), np.stack(u), pd.DataFrame(rows)) for name, (i, u, rows) in acc.items()}
-
-
-def _iou_at(df: pd.DataFrame, k: int) -> float:
-    u = df[f"u_{k}"].sum()
-    return float(df[f"i_{k}"].sum() / u) if u > 0 else float("nan")
 
 
 def summarize(scored: dict[str, Scored], cal_scored: dict[str, Scored] | None, dataset: SegmentationDataset,
@@ -154,15 +161,12 @@ def summarize(scored: dict[str, Scored], cal_scored: dict[str, Scored] | None, d
                                   for c in range(len(ious)) if U[k_rep, c] > 0}
         pairs = sc.pairs
         if len(pairs):
-            edges = np.unique(np.percentile(pairs.area, np.linspace(0, 100, 11)))
-            bucket = np.clip(np.searchsorted(edges, pairs.area, side="right") - 1, 0, len(edges) - 2)
-            entry["size_buckets"] = [{"bucket": int(b), "area_min": float(edges[b]), "area_max": float(edges[b + 1]),
-                                      "n": int((bucket == b).sum()), "iou": _iou_at(pairs[bucket == b], k_rep)}
-                                     for b in range(len(edges) - 1) if (bucket == b).any()]
+            entry["size_buckets"] = size_buckets(pairs, k_rep)
             tgt = pairs[pairs.is_target]
             if len(tgt):
                 entry["conditions"] = [{"study": s, "level": int(lv), "knob": float(g.knob.mean()), "n": len(g),
-                                        "target_iou": _iou_at(g, k_rep)} for (s, lv), g in tgt.groupby(["study", "level"])]
+                                        "target_iou": iou_at(g, k_rep)}
+                                       for (s, lv), g in tgt.groupby(["study", "level"])]
                 per_target = tgt.assign(id=tgt.image, iou=tgt[f"i_{k_rep}"] / tgt[f"u_{k_rep}"].clip(lower=1))
                 entry["condition_drops"] = {s: paired_drop(g, "iou", n_boot, seed) for s, g in per_target.groupby("study")}
         entry["reported_threshold"] = "heldout" if k_ho is not None else "oracle"
@@ -175,23 +179,44 @@ def heldout_default(name: str):
     return "toy-val" if name.startswith("toy-") and name != "toy-val" else ("toy-test" if name == "toy-val" else 0.2)
 
 
+REAL_PROTOCOLS = ("official", "project")  # how the four real datasets are scored (toy splits: always the project's)
+
+
 @dataclass(frozen=True)
 class Protocol:
-    """How results are scored: where the background threshold is chosen (``"auto"``: ``toy-val`` for a toy
-    split, else a recorded 20% of the images; a dataset name; a fraction; None: oracle only), the
-    thresholds searched, and the bootstrap resamples."""
+    """How results are scored. On the toy splits and folders, the project's protocol: where the background
+    threshold is chosen (``heldout``: ``"auto"`` is ``toy-val`` for a toy split, else a recorded 20% of the
+    images; a dataset name; a fraction; None: oracle only), the ``thresholds`` searched, ``n_boot`` bootstrap
+    resamples. On voc, context, coco-object and ade20k, ``real`` chooses: ``"official"`` (default), the authors'
+    evaluation (labels read as they read them, 8-bit heatmaps, their threshold search on all scored images: the
+    oracle column as in the paper, with the grid maximum; ``heldout="auto"`` adds the cross-fitted held-out column,
+    None leaves it out; ``class_ids`` their name search or "own", see evaluation.official), or ``"project"``, the
+    project's protocol as above (a labelled extra)."""
 
     heldout: str | float | None = "auto"
     thresholds: tuple[float, ...] = tuple(THRESHOLDS.tolist())
     n_boot: int = 1000
+    real: str = "official"
+    class_ids: str = "name-search"
+
+    def __post_init__(self):
+        if self.real not in REAL_PROTOCOLS:
+            raise ValueError(f"the real-data protocol (--protocol) must be one of {list(REAL_PROTOCOLS)}, "
+                             f"got {self.real!r}")
+        if self.class_ids not in CLASS_IDS:
+            raise ValueError(f"class_ids (--class-ids) must be one of {list(CLASS_IDS)}, got {self.class_ids!r}")
 
 
 @dataclass(frozen=True)
 class Source:
-    """Where measurements come from: the dataset root and image limit, the cache directory, a loaded
-    pipeline or the device to load one on, and the single-noun ELBO prompt variant (Table IV)."""
+    """Where measurements come from: the dataset root, image list (one name a line) and limit, the class
+    words ("official": the authors' category keys, "project": the project's names; None: the dataset's
+    default), the cache directory, a loaded pipeline or the device to load one on, and the single-noun ELBO
+    prompt variant (Table IV)."""
 
     data_root: str | None = None
+    image_list: str | os.PathLike | None = None
+    class_words: str | None = None
     limit: int | None = None
     cache_dir: str | os.PathLike | None = None
     pipe: object = None
@@ -217,28 +242,61 @@ def evaluate(model: str | os.PathLike = "data/toy-sd", dataset: str | Segmentati
              config: AlignConfig | None = None, variants: list[Variant] | None = None, baselines=(), seed: int = 0,
              protocol: Protocol = Protocol(), source: Source = Source(), out: str | os.PathLike | None = None) -> dict:
     """Run the protocol; returns the metrics dict (and writes metrics.json, per_class.csv,
-    size_buckets.csv, summary.md under ``out``)."""
+    size_buckets.csv, summary.md under ``out``). On a real dataset it first prints the plan (images, pairs,
+    measurements to make, estimated time) and checks the captions of the images still to measure."""
     t0 = time.time()
-    ds = dataset if isinstance(dataset, SegmentationDataset) else get_dataset(dataset, source.data_root, cache_dir=None)
+    name = dataset.name if isinstance(dataset, SegmentationDataset) else dataset
+    official = name in DATASETS and protocol.real == "official"
+    if official and protocol.heldout not in ("auto", None):
+        raise ValueError(f"held-out {protocol.heldout!r}: on {name} the official protocol's held-out column is "
+                         "cross-fitted ('auto') or left out (None/'none'); a fraction or a dataset is the project "
+                         "protocol's (--protocol project)")
+    ds = dataset if isinstance(dataset, SegmentationDataset) else get_dataset(
+        dataset, source.data_root, cache_dir=None, image_list=source.image_list, class_words=source.class_words,
+        labels="official" if official else None)
+    if official and getattr(ds, "labels", None) != "official":
+        raise ValueError(f"the official protocol reads labels as the authors do: load {ds.name!r} with "
+                         "labels='official', or score it with the project protocol (real='project')")
     if config is None:
         config = Aligner(source.pipe).config if source.pipe is not None else paper_config(model)
     variants = variants or paper_variants(config)
     thresholds = np.asarray(protocol.thresholds)
     heldout = heldout_default(ds.name) if protocol.heldout == "auto" else protocol.heldout
     # one measurement per method: ELBO-T2IAlign's, then each baseline's (shared where settings coincide)
-    groups = [(config, None, variants)]
-    for name in baselines:
-        b = get_baseline(name)
+    groups = [(config, None, variants, "ELBO-T2IAlign")]
+    for bname in baselines:
+        b = get_baseline(bname)
         bcfg = dataclasses.replace(config, **b.measure_overrides)
-        groups.append((bcfg, b, [Variant(b.name, bcfg, heatmaps=b.heatmaps)]))
+        groups.append((bcfg, b, [Variant(b.name, bcfg, heatmaps=b.heatmaps)], b.name))
+    pipe, first = source.pipe, {}
+    if ds.name in DATASETS:  # say what will be measured, and refuse captions that do not fit, before any model work
+        device = adapter_for(pipe).device.type if pipe is not None else default_device_dtype(source.device)[0]
+        n = len(ds) if source.limit is None else min(source.limit, len(ds))
+        plan = make_plan(model, ds, [(g[0], g[1], g[3]) for g in groups], seed, n, source.cache_dir,
+                         device.split(":")[0], source.nouns_only_elbo)
+        print(plan.line(), flush=True)
+        if plan.to_measure:
+            pipe = pipe if pipe is not None else load_pipeline(model, device=source.device)
+            check_captions(Aligner(pipe, config), ds, plan, config)
+        if not plan.rate_recorded:  # a first run of this model here: say what the first image took
+            first = {g[3]: (lambda s, p, b, m=g[3]: tqdm.write(plan.first_image_line(m, s, p, b))) for g in groups}
     split_note = {"evaluated": ds.name}
-    scored, cal_scored = {}, ({} if heldout else None)
-    cal_ds = get_dataset(heldout, source.data_root) if isinstance(heldout, str) and heldout else None
-    for gcfg, baseline, gvars in groups:
+    scored, cal_scored, official_scored, official_info = {}, ({} if heldout else None), {}, {}
+    cal_ds = (get_dataset(heldout, source.data_root, class_words=source.class_words)
+              if isinstance(heldout, str) and heldout and not official else None)
+    for gcfg, baseline, gvars, label in groups:
         method = baseline.method if baseline is not None else "aligner"
-        kw = dict(cache_dir=source.cache_dir, pipe=source.pipe, device=source.device, baseline=baseline,
+        kw = dict(cache_dir=source.cache_dir, pipe=pipe, device=source.device, baseline=baseline,
                   nouns_only_elbo=source.nouns_only_elbo and baseline is None)  # baselines use no ELBO phrases
-        eval_pairs = list(measure_dataset(model, ds, gcfg, seed, source.limit, desc=f"measure {ds.name} [{method}]", **kw))
+        if official:  # one image at a time: the real models' measurements are too large to keep
+            pairs = measure_dataset(model, ds, gcfg, seed, source.limit, desc=f"measure {ds.name} [{method}]",
+                                    keep_empty=True, on_first=first.get(label), **kw)
+            got, info = score_measurements(pairs, ds, gvars, protocol.class_ids)
+            official_scored.update(got)
+            official_info = official_info or info
+            continue
+        eval_pairs = list(measure_dataset(model, ds, gcfg, seed, source.limit, desc=f"measure {ds.name} [{method}]",
+                                          on_first=first.get(label), **kw))
         if cal_ds is not None:
             cal_pairs = list(measure_dataset(model, cal_ds, gcfg, seed, source.limit,
                                              desc=f"measure {heldout} (threshold split) [{method}]", **kw))
@@ -253,7 +311,20 @@ def evaluate(model: str | os.PathLike = "data/toy-sd", dataset: str | Segmentati
                               calibration_ids=[eval_pairs[i][0].id for i in cal_idx])
             eval_pairs = [eval_pairs[i] for i in ev_idx]
         scored.update(score(eval_pairs, ds, gvars, thresholds))
-    metrics = summarize(scored, cal_scored, ds, thresholds, protocol.n_boot, seed)
+    if official:
+        metrics = summarize_official(official_scored, ds.class_names, heldout is not None, protocol.n_boot, seed)
+        metrics["official"] = {"labels": "official", "class_ids": protocol.class_ids, **official_info}
+        ids = next(iter(official_scored.values())).images
+        if heldout is not None:
+            a, b = halves(len(ids), seed)
+            split_note.update(threshold_split=f"cross-fitted halves of {ds.name} (seed {seed})",
+                              halves=[[ids[i] for i in a], [ids[i] for i in b]])
+        else:
+            split_note["threshold_split"] = "none (oracle only)"
+    else:
+        metrics = summarize(scored, cal_scored, ds, thresholds, protocol.n_boot, seed)
+        if ds.name in DATASETS:
+            metrics["protocol"] = {"oracle": PROJECT, "heldout": PROJECT if cal_scored is not None else None}
     metrics.update(model=str(model), dataset=ds.name, seed=seed, limit=source.limit, split=split_note,
                    config={k: (v if not callable(v) else repr(v)) for k, v in dataclasses.asdict(config).items()},
                    seconds=round(time.time() - t0, 1))
@@ -264,17 +335,27 @@ def evaluate(model: str | os.PathLike = "data/toy-sd", dataset: str | Segmentati
 
 def metrics_table(metrics: dict) -> pd.DataFrame:
     """One row per variant: oracle and held-out mIoU (with thresholds and CIs) and the paired
-    held-out difference against 'uncalibrated'."""
+    held-out difference against 'uncalibrated'. On a real dataset the columns also say how each is scored
+    (``oracle_protocol``, ``heldout_protocol``) and the official protocol adds the grid maximum."""
+    proto = metrics.get("protocol")
     rows = []
     for name, e in metrics["variants"].items():
         r = {"variant": name, "oracle_mIoU": e["oracle"]["miou"], "oracle_thr": e["oracle"]["threshold"]}
+        if proto:
+            r["oracle_protocol"] = proto["oracle"]
+        if "grid_maximum" in e:
+            g = e["grid_maximum"]
+            r.update(grid_max_mIoU=g["miou"], grid_max_thr=", ".join(f"{t:.2f}" for t in g["thresholds"]))
         if "heldout" in e:
             h = e["heldout"]
-            r.update(heldout_mIoU=h["miou"], heldout_thr=h["threshold"],
-                     heldout_ci95=f"[{h['ci95'][0]:.3f}, {h['ci95'][1]:.3f}]")
+            thr = h["threshold"]
+            r.update(heldout_mIoU=h["miou"], heldout_thr=" / ".join(f"{t:.2f}" for t in thr) if isinstance(thr, list)
+                     else thr, heldout_ci95=f"[{h['ci95'][0]:.3f}, {h['ci95'][1]:.3f}]")
             if "diff_ci95" in h:
                 r.update(delta_vs_uncal=h["minus_uncalibrated"],
                          delta_ci95=f"[{h['diff_ci95'][0]:+.3f}, {h['diff_ci95'][1]:+.3f}]")
+            if proto:
+                r["heldout_protocol"] = proto["heldout"]
         rows.append(r)
     return pd.DataFrame(rows)
 
@@ -292,7 +373,14 @@ def write_outputs(metrics: dict, out: Path) -> None:
     table = metrics_table(metrics)
     md = [f"# {metrics['dataset']} — {metrics['model']}", "",
           f"{metrics['n_images']} images; threshold split: {metrics['split'].get('threshold_split', 'none')}; "
-          f"seed {metrics['seed']}.", "", table.to_markdown(index=False, floatfmt=".3f"), ""]
+          f"seed {metrics['seed']}.", ""]
+    if metrics.get("protocol"):
+        p = metrics["protocol"]
+        md += [f"Scoring: oracle column {p['oracle']}; held-out column {p['heldout'] or 'none'}.", ""]
+    md += [table.to_markdown(index=False, floatfmt=".3f"), ""]
+    curves = {n: e["curve"] for n, e in metrics["variants"].items() if "curve" in e}
+    if curves:  # the official protocol: mIoU at every threshold 0.01..0.99
+        pd.DataFrame({"threshold": metrics["thresholds"], **curves}).to_csv(out / "official_curves.csv", index=False)
     if buckets:
         b = pd.DataFrame(buckets).pivot_table(index=["bucket", "area_min", "area_max"], columns="variant", values="iou")
         md += ["## IoU by ground-truth area decile (reported threshold)", "", b.reset_index().to_markdown(index=False, floatfmt=".3f"), ""]

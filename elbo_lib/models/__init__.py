@@ -16,9 +16,9 @@ from .sd3 import StableDiffusion3Adapter
 from .stable_diffusion import StableDiffusionAdapter, StableDiffusionXLAdapter
 
 __all__ = ["OBJECTIVES", "PipelineAdapter", "TextCondition", "adapter_for", "supported_pipelines", "to_pil_rgb",
-           "load_pipeline", "pipeline_class_name", "adapter_class", "model_hints", "dir_hints", "default_device_dtype",
-           "StableDiffusionAdapter",
-           "StableDiffusionXLAdapter", "StableDiffusion3Adapter", "FluxAdapter", "PixArtSigmaAdapter"]
+           "load_pipeline", "component_dtypes", "pipeline_class_name", "adapter_class", "model_hints", "dir_hints",
+           "default_device_dtype", "StableDiffusionAdapter", "StableDiffusionXLAdapter", "StableDiffusion3Adapter",
+           "FluxAdapter", "PixArtSigmaAdapter"]
 
 
 def default_device_dtype(device: str | None = None, dtype: torch.dtype | None = None,
@@ -75,9 +75,10 @@ def load_pipeline(model: str | os.PathLike = "data/toy-sd", device: str | None =
     """Load a diffusers text-to-image pipeline from a local directory or a hub id.
 
     Device and dtype default to CUDA with the family's dtype (fp16; bf16 for FLUX) when available, else
-    CPU + fp32. The pipeline class is read from ``model_index.json`` first, so an unsupported family fails
-    before its weights load, naming the supported classes. Missing weights give an error that says how to
-    obtain them (this machine may be offline)."""
+    CPU + fp32; ``dtype`` is the denoiser's and the text encoders': the VAE always runs in fp32
+    (:func:`component_dtypes`). The pipeline class is read from ``model_index.json`` first, so an unsupported
+    family fails before its weights load, naming the supported classes. Missing weights give an error that says
+    how to obtain them (this machine may be offline)."""
     from diffusers import DiffusionPipeline
 
     path = Path(model)
@@ -94,7 +95,7 @@ def load_pipeline(model: str | os.PathLike = "data/toy-sd", device: str | None =
         kwargs = {**{k: None for k, v in index.items() if v == [None, None]}, **kwargs}
     try:
         with _no_loading_bars():
-            pipe = DiffusionPipeline.from_pretrained(str(model), dtype=dtype, **kwargs)
+            pipe = DiffusionPipeline.from_pretrained(str(model), dtype=component_dtypes(dtype), **kwargs)
     except (OSError, ValueError) as e:
         if path.exists():
             raise
@@ -106,6 +107,14 @@ def load_pipeline(model: str | os.PathLike = "data/toy-sd", device: str | None =
     adapter_for(pipe)  # unsupported families fail here, with the supported list
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
+
+
+def component_dtypes(dtype: torch.dtype) -> torch.dtype | dict:
+    """What ``from_pretrained`` gets for a pipeline run in ``dtype``: the VAE always in float32, as the authors
+    run it (their ``Diffusion`` casts ``pipe.vae`` to float32; SDXL's VAE overflows in fp16), every other
+    component in ``dtype``. The adapters cast at the boundary (the image to the VAE's dtype, the latent to the
+    denoiser's). float32 (the CPU default) is one dtype for all."""
+    return dtype if dtype == torch.float32 else {"vae": torch.float32, "default": dtype}
 
 
 PROMPT_HINTS = ("elbo_template", "caption_template", "caption_item")

@@ -43,16 +43,19 @@ class PipelineAdapter:
     patch_size: int = 1
     cuda_dtype: ClassVar[torch.dtype] = torch.float16  # load_pipeline's default dtype on CUDA for this family
     flow_shift: bool = True  # flow matching: the scheduler's shifted sigma grid (see models.flow)
+    edm_native: bool = False  # EDM schedulers: EDM's own noise levels instead of the authors' DDIM rebuild (models.edm)
 
     def __init__(self, pipe):
         self.pipe = pipe
 
-    def configured(self, flow_shift: bool) -> "PipelineAdapter":
-        """This adapter with the given noise-level rule (a shallow copy when it differs)."""
-        if flow_shift == self.flow_shift:
+    def configured(self, flow_shift: bool, edm_native: bool = False) -> "PipelineAdapter":
+        """This adapter with the given noise-level rules (a shallow copy when they differ): ``flow_shift`` for
+        flow-matching pipelines (:mod:`.flow`), ``edm_native`` for pipelines with an EDM scheduler
+        (:mod:`.edm`); a family without that kind of scheduler has nothing for the rule to change."""
+        if (flow_shift, edm_native) == (self.flow_shift, self.edm_native):
             return self
         out = copy.copy(self)
-        out.flow_shift = flow_shift
+        out.flow_shift, out.edm_native = flow_shift, edm_native
         return out
 
     # ---- properties ---------------------------------------------------------------------------

@@ -3,11 +3,12 @@
 Beyond the paper's models (its Table I has no PixArt row); the method carries over as for SD 1.x:
 
 - **Noise levels**: the scheduler's own discrete schedule (``alphas_cumprod`` of PixArt-Sigma's
-  DPM-Solver scheduler: linear betas 1e-4 to 0.02 over 1000 steps), z_t = sqrt(abar_t) x0 +
-  sqrt(1 - abar_t) eps at the integer timestep round(1000 t), which the transformer takes as input.
+  DPM-Solver scheduler: linear betas 1e-4 to 0.02 over 1000 steps, which the authors' DDIM rebuild of a
+  scheduler config gives unchanged), z_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps at the integer timestep
+  round(1000 t), which the transformer takes as input.
 - **Objective, learned sigma**: the transformer outputs 2 C channels, the epsilon prediction
   followed by the (learned) variance interpolation; :meth:`predict` returns the first half, as
-  the pipeline keeps ``noise_pred.chunk(2, dim=1)[0]``. ELBO weighting in the Table I spirit:
+  the pipeline keeps ``noise_pred.chunk(2, dim=1)[0]`` (:meth:`denoise`). ELBO weighting in the Table I spirit:
   ``"authors"`` = ``"eps"`` = ``"native"`` is the plain eps MSE on those channels (what the
   authors' code computes for their epsilon models); the variance channels, which the VLB term
   of the improved-DDPM training uses, are not scored.
@@ -53,7 +54,7 @@ class PixArtSigmaAdapter(TransformerDenoiser, _DiscreteScheduleAdapter):
                                                      device=self.device, max_sequence_length=self.max_text_tokens)
         return TextCondition(embeds.to(self.dtype), {"encoder_attention_mask": mask})
 
-    def predict(self, z_t, t, cond):
+    def denoise(self, z_t, t, cond):
         out = self.denoiser(z_t, encoder_hidden_states=cond.embeds, timestep=self.model_timestep(t),
                             encoder_attention_mask=cond.extra["encoder_attention_mask"],
                             added_cond_kwargs={"resolution": None, "aspect_ratio": None}).sample

@@ -3,6 +3,15 @@
 The transformer predicts the velocity u = eps - x0 and takes 1000 * sigma as its timestep.
 Attention is joint over [image tokens, text tokens]; the text tokens are the CLIP tokens (77,
 positions from ``tokenizer``) followed by the T5 tokens.
+
+SD 3.5 (MMDiT-X; medium: ``dual_attention_layers`` 0-12 of 24, ``qk_norm="rms_norm"``) runs through the same
+adapter. Its dual-attention blocks add ``attn2``, a self-attention over the image tokens alone. The authors set
+their ``JointAttnProcessor`` on every attention of the transformer, ``attn2`` included, and their store files
+what a layer without text tokens returns under ``is_cross_attention``, which is False for ``attn2``: its maps
+join the self-attention average (weight 1, like each joint layer's image block) and never the cross-attention,
+whose Gaussian layer weights so run over the joint layers alone. ``attention.capture_attention(joint=True)``
+does the same (``JointCaptureProcessor`` on every layer; no text tokens, no cross-attention), and both apply the
+RMS q/k norms before the softmax.
 """
 from __future__ import annotations
 
