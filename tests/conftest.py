@@ -11,7 +11,8 @@ from elbo_lib.models.random_init import (tiny_flux_pipeline, tiny_pixart_pipelin
                                         tiny_sd3_pipeline, tiny_sd35_pipeline, tiny_sd_pipeline, tiny_sd_turbo_pipeline,
                                         tiny_sdxl_pipeline, tiny_sdxl_turbo_pipeline)
 
-torch.set_num_threads(2)
+# two threads, as CI's machine, unless OMP_NUM_THREADS asks for another summation order (docs/determinism.md)
+torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
 
 FAMILIES = {
     "sd1": lambda: tiny_sd_pipeline("epsilon"),
