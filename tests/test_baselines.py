@@ -4,7 +4,6 @@ import torch
 
 from elbo_lib import AlignConfig, Aligner
 from elbo_lib.baselines import BASELINES, NotRunnable, get_baseline
-from elbo_lib.baselines.daam import summed_maps
 from elbo_lib.baselines.diffseg import segment, sym_kl
 from elbo_lib.evaluation import evaluate, options
 from elbo_lib.models import adapter_for
@@ -27,14 +26,35 @@ def test_shapes_and_range(name, pipes):
     assert h.shape == (2, 32, 32) and h.min() >= 0 and h.max() <= 1 + 1e-9
 
 
-def test_daam_sums_per_timestep_maps(pipes):
+@pytest.mark.parametrize("name", ["DAAM", "OVAM"])
+def test_unet_baselines_on_sdxl(name, pipes):
+    """SDXL's layout (a down block without cross-attention, two encoders; OVAM's unconditional branch is the
+    pipeline's zero text) runs through the same code."""
+    b = get_baseline(name)
+    cfg = AlignConfig(**{**FAST.__dict__, **b.measure_overrides})
+    h = b.heatmaps(b.measure(Aligner(pipes["sdxl"], cfg), _img(), ["red circle", "cat"], None, 0, cfg), cfg)
+    assert h.shape == (2, 32, 32) and np.isfinite(h).all() and h.min() >= 0 and h.max() <= 1
+
+
+def test_sdxl_unconditional_text_is_zero(pipes):
+    ad = adapter_for(pipes["sdxl"])
+    assert ad.pipe.config.force_zeros_for_empty_prompt
+    u = ad.unconditional_text()
+    assert u.embeds.abs().max() == 0 and u.extra["text_embeds"].abs().max() == 0
+    torch.testing.assert_close(u.extra["time_ids"], ad.encode_text([""]).extra["time_ids"])
+    sd = adapter_for(pipes["sd1"])
+    torch.testing.assert_close(sd.unconditional_text().embeds, sd.encode_text([""]).embeds)
+
+
+def test_daam_measures_time_summed_word_maps(pipes):
+    """DAAM's measurement is one row of word maps (daam sums over time before its clamp); its heatmaps are
+    min-maxed with daam's 1e-8, so each spans [0, 1) with its minimum at 0."""
     b = get_baseline("DAAM")
     cfg = AlignConfig(**{**FAST.__dict__, **b.measure_overrides})
-    m = Aligner(pipes["sd1"], cfg).measure(_img(), ["red circle", "cat"], cfg=cfg, elbo=False)
-    manual = sum(m.cross[k].double() for k in range(m.cross.shape[0]))
-    torch.testing.assert_close(summed_maps(m), manual)
+    m = b.measure(Aligner(pipes["sd1"], cfg), _img(), ["red circle", "cat"], None, 0, cfg)
+    assert m.cross.shape == (1, 2, 16, 16) and m.self_attn is None and len(m.attention_t) == 10
     h = b.heatmaps(m, cfg)
-    assert np.isclose(h.max(axis=(1, 2)), 1).all()  # normalised per class
+    assert np.allclose(h.min(axis=(1, 2)), 0) and np.allclose(h.max(axis=(1, 2)), 1, atol=1e-6) and h.max() < 1
 
 
 def test_ovam_matches_cross_attention_for_the_caption_itself(pipes):
@@ -52,14 +72,18 @@ def test_ovam_matches_cross_attention_for_the_caption_itself(pipes):
     torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-6)
 
 
-def test_ovam_refuses_joint_attention(pipes):
-    b = get_baseline("OVAM")
-    with pytest.raises(NotRunnable, match="joint"):
-        b.measure(Aligner(pipes["sd3"], FAST), _img(), ["cat"], None, 0, FAST)
-    # what a table asks before running it: a note for the MMDiT, nothing for a UNet; every other baseline runs on both
-    assert "joint attention" in b.not_runnable(adapter_for(pipes["sd3"]))
+@pytest.mark.parametrize("name", ["DAAM", "OVAM"])
+def test_unet_baselines_refuse_other_denoisers(name, pipes):
+    """DAAM and OVAM locate a UNet's down- and up-block layers: an MMDiT or a cross-attention DiT has none."""
+    b = get_baseline(name)
+    for family in ("sd3", "pixart"):
+        with pytest.raises(NotRunnable, match="UNet"):
+            b.measure(Aligner(pipes[family], FAST), _img(), ["cat"], None, 0, FAST)
+        # what a table asks before running it: a note for the DiT, nothing for a UNet
+        assert "has none" in b.not_runnable(adapter_for(pipes[family]))
     assert b.not_runnable(adapter_for(pipes["sd1"])) is None
-    assert all(get_baseline(n).not_runnable(adapter_for(pipes["sd3"])) is None for n in BASELINES if n != "OVAM")
+    assert b.not_runnable(adapter_for(pipes["sdxl"])) is None
+    assert get_baseline("Semantic DiffSeg").not_runnable(adapter_for(pipes["sd3"])) is None
 
 
 def test_diffseg_merges_identical_regions():

@@ -15,6 +15,11 @@ class NotRunnable(RuntimeError):
     """A baseline that cannot run here (the reason is its message)."""
 
 
+def is_unet(denoiser) -> bool:
+    """Whether a denoiser has a UNet's down, mid and up blocks (where DAAM, OVAM and DiffSegmenter locate layers)."""
+    return all(hasattr(denoiser, a) for a in ("down_blocks", "mid_block", "up_blocks"))
+
+
 @dataclass(frozen=True)
 class Baseline:
     name: str
@@ -24,14 +29,20 @@ class Baseline:
     method: str = "aligner"          # cache tag of the measure function
     elbo: bool = False               # whether its measurement needs the ELBO losses
     notes: str = ""
-    joint_attention: bool = True     # whether it runs on joint-attention (MMDiT) models
+    unet_only: bool = False          # reads a UNet's block layers (its authors' code locates them there)
 
     def not_runnable(self, adapter) -> str | None:
         """Why this baseline cannot run on ``adapter``'s model (a table note), or None when it can."""
-        if adapter.joint_attention and not self.joint_attention:
-            return (f"not run: {self.name} reads separate cross-attention layers; {type(adapter.denoiser).__name__} "
-                    "has joint attention only")
+        if self.unet_only and not is_unet(adapter.denoiser):
+            return (f"not run: {self.name} reads a UNet's down- and up-block layers, as its authors' code locates "
+                    f"them; {type(adapter.denoiser).__name__} has none")
         return None
+
+    def check_runnable(self, adapter) -> None:
+        """Raise :class:`NotRunnable` with :meth:`not_runnable`'s reason where this baseline cannot run."""
+        why = self.not_runnable(adapter)
+        if why is not None:
+            raise NotRunnable(why)
 
 
 def register(b: Baseline) -> Baseline:
