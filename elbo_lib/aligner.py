@@ -384,22 +384,28 @@ class Aligner:
         return check_finite(x0, "image latent"), (pil.size[1], pil.size[0])
 
     def attention_passes(self, x0: torch.Tensor, caption: str | None, t_att: torch.Tensor, seed: int, cfg: AlignConfig,
-                         noise: torch.Tensor | None = None, ad=None, text=None, **capture_kw):
+                         noise: torch.Tensor | None = None, ad=None, text=None, noised: bool = True, **capture_kw):
         """Alg. 1 line 2: noise x0 at each attention time (Eq. 2) and run the denoiser with the caption
         under :func:`capture_attention`; yields one store per batch of timesteps. ``noise`` (T_a, C, h, w)
         defaults to the attention part of :meth:`Noise.draw` for ``seed`` and ``cfg.noise``. ``text`` (a
         one-prompt ``TextCondition``, e.g. the adapter's ``unconditional_text()``) replaces the caption's encoding;
-        then ``caption`` must be None."""
+        then ``caption`` must be None. ``noised=False`` feeds x0 itself at each timestep (no noise is added: DiffSeg
+        reads the attention of the clean latent at its timestep)."""
         if (text is None) == (caption is None):
             raise ValueError("give the caption or an encoded text condition, not both or neither")
+        if not noised and noise is not None:
+            raise ValueError("noise was given for passes on the clean latent (noised=False)")
         ad = (ad or self.adapter.configured(cfg.flow_shift, cfg.edm_native)).for_latent(x0)
         latent_hw = (x0.shape[-2] // ad.patch_size, x0.shape[-1] // ad.patch_size)
-        if noise is None:
-            noise = Noise.draw(x0.shape[1:], len(t_att), 0, seed, cfg.noise).attention
-        eps_att = noise.to(ad.device, torch.float32)
-        a, s = ad.alpha_sigma(t_att)
-        view = (-1,) + (1,) * (x0.ndim - 1)
-        z_att = a.view(view) * x0.float() + s.view(view) * eps_att
+        if not noised:
+            z_att = x0.float().expand(len(t_att), *x0.shape[1:])
+        else:
+            if noise is None:
+                noise = Noise.draw(x0.shape[1:], len(t_att), 0, seed, cfg.noise).attention
+            eps_att = noise.to(ad.device, torch.float32)
+            a, s = ad.alpha_sigma(t_att)
+            view = (-1,) + (1,) * (x0.ndim - 1)
+            z_att = a.view(view) * x0.float() + s.view(view) * eps_att
         cond_cap = ad.encode_text([caption]) if text is None else text
         if len(cond_cap) != 1:
             raise ValueError(f"the attention passes take one text condition, got {len(cond_cap)}")

@@ -4,7 +4,6 @@ import torch
 
 from elbo_lib import AlignConfig, Aligner
 from elbo_lib.baselines import BASELINES, NotRunnable, get_baseline
-from elbo_lib.baselines.diffseg import segment, sym_kl
 from elbo_lib.evaluation import evaluate, options
 from elbo_lib.models import adapter_for
 
@@ -84,23 +83,6 @@ def test_unet_baselines_refuse_other_denoisers(name, pipes):
     assert b.not_runnable(adapter_for(pipes["sd1"])) is None
     assert b.not_runnable(adapter_for(pipes["sdxl"])) is None
     assert get_baseline("Semantic DiffSeg").not_runnable(adapter_for(pipes["sd3"])) is None
-
-
-def test_diffseg_merges_identical_regions():
-    h = w = 8
-    n = h * w
-    left = torch.zeros(n); left[[y * w + x for y in range(h) for x in range(4)]] = 1
-    right = 1 - left
-    rows = torch.stack([left if (i % w) < 4 else right for i in range(n)])
-    attn = rows / rows.sum(1, keepdim=True) * 0.98 + 0.02 / n
-    seg = segment(attn.double(), (h, w))
-    assert len(np.unique(seg)) == 2
-    assert (seg[:, :4] == seg[0, 0]).all() and (seg[:, 4:] == seg[0, 7]).all()
-    # two identical regions (top and bottom attend alike) merge into one segment
-    same = torch.full((n, n), 1.0 / n)
-    assert len(np.unique(segment(same.double(), (h, w)))) == 1
-    p = torch.softmax(torch.randn(3, n), 1).double()
-    torch.testing.assert_close(torch.diag(sym_kl(p, p)), torch.zeros(3, dtype=torch.float64), atol=1e-9, rtol=0)
 
 
 def test_registry_and_harness(tmp_path, pipes):
