@@ -99,7 +99,8 @@ def sampling_grid(size: int, num_points: int = NUM_POINTS) -> list[tuple[int, in
 
 
 def sym_kl(p: torch.Tensor, q: torch.Tensor, eps: float = EPS) -> torch.Tensor:
-    """S:82-86, (K, M): sum(p (log p - log q)) / 2 - sum(q (log p - log q)) / 2 between rows of p (K, N) and q (M, N)."""
+    """S:82-86, (K, M): sum(p (log p - log q)) / 2 - sum(q (log p - log q)) / 2 between the rows of p (K, N)
+    and of q (M, N)."""
     lp, lq = (p + eps).log(), (q + eps).log()
     kl_pq = (p * lp).sum(1, keepdim=True) - p @ lq.T
     kl_qp = (q * lq).sum(1)[None] - lp @ q.T
