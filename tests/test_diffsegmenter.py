@@ -11,8 +11,7 @@ from elbo_lib.attention import AttentionStore, capture_attention
 from elbo_lib.baselines import NotRunnable, get_baseline
 from elbo_lib.baselines.base import PAPER_TIMESTEPS
 from elbo_lib.baselines.diffsegmenter import (FALLBACK_PREFIX, PREFIX, UPWEIGHT, class_prompt, class_token_positions,
-                                              compel_weighted, encode_prompts, prompt_prefix, resolution_maps,
-                                              weighted_sum)
+                                              encode_prompts, prompt_prefix, resolution_maps, weighted_sum)
 from elbo_lib.models import adapter_for
 from elbo_lib.models.random_init import tiny_clip_tokenizer, tiny_sd_pipeline
 
@@ -35,19 +34,9 @@ def test_token_rule():
     assert class_token_positions("a photo of cat++", FALLBACK_PREFIX, 7) == [7]
 
 
-def test_compel_weighting():
-    """Compel: tokens weighted w != 1 become empty + (z - empty) * w; the others keep z exactly."""
-    torch.manual_seed(0)
-    z, empty = torch.randn(2, 6, 4), torch.randn(1, 6, 4)
-    w = torch.ones(2, 6)
-    w[0, 3] = w[1, 2] = UPWEIGHT
-    got = compel_weighted(z, empty, w)
-    assert torch.equal(got[0, [0, 1, 2, 4, 5]], z[0, [0, 1, 2, 4, 5]])
-    torch.testing.assert_close(got[0, 3], empty[0, 3] + (z[0, 3] - empty[0, 3]) * 1.21)
-    torch.testing.assert_close(got[1, 2], empty[0, 2] + (z[1, 2] - empty[0, 2]) * 1.21)
-
-
 def test_encode_prompts_weights_the_last_class_word():
+    """Compel's "++" (the library itself): the class's last word's tokens become empty + (z - empty) * 1.1 ** 2,
+    every other token keeps the prompt's own encoding z."""
     pipe = tiny_sd_pipeline()
     ad = adapter_for(pipe)
     prompts, cond, reads = encode_prompts(ad, ["red circle", "cat"], "a red circle and a cat")

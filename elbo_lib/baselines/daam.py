@@ -1,5 +1,5 @@
 """DAAM (Tang et al., ACL 2023), "What the DAAM: interpreting Stable Diffusion using cross attention",
-as its package computes it (castorini/daam 0.2.0; pinned by ``tests/test_daam_ovam_parity.py`` against the
+as its package computes it (castorini/daam 0.2.0; pinned by ``tests/test_baseline_parity.py`` against the
 package's own maps, ``tests/fixtures/parity/daam/``).
 
 Steps (``daam/trace.py`` of the package, ``hook.py``, ``heatmap.py``, ``utils.py``):

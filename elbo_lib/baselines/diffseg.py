@@ -4,7 +4,7 @@ using Stable Diffusion", with its semantic labelling, reviewed step by step agai
 stable_diffusion.py``, ``D`` = ``third_party/keras_cv/diffusion_model.py``, notebooks ``diffseg.ipynb`` (semantic
 labels) and ``benchmarks.ipynb`` (the paper's benchmark settings)). That code runs Stable Diffusion in
 TensorFlow / KerasCV, which this environment does not have, so no reference maps were made; each step below is
-tested against the formula its line implements (``tests/test_baselines.py``).
+tested against the formula its line implements (``tests/test_diffseg.py``).
 
 1. Latent: the image encoder's posterior mean times 0.18215 (KerasCV's ``ImageEncoder``, whose last layer keeps
    the mean's 4 channels; ``latent = vae(images)`` in both notebooks), **no noise added**.

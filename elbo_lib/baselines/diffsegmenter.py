@@ -3,7 +3,7 @@ semantic segmenter": a port of its official inference (VCG-team/DiffSegmenter, c
 ``B`` = ``open_vocabulary/voc12/ptp_stable_best.py``, the script ELBO-T2IAlign's authors cite, ``U`` =
 ``ptp_utils.py``; line numbers as ``../shared/parity/diffsegmenter/README.md`` gives them). Its code cannot run
 on the toy model (it expands latents to 64x64 and groups maps at 8, 16, 32 and 64 only), so this is a port that
-follows its steps, each tested against its formula in ``tests/test_baselines.py``.
+follows its steps, each tested against its formula in ``tests/test_diffsegmenter.py``.
 
 Steps, per image:
 
@@ -11,9 +11,10 @@ Steps, per image:
    DiffSegmenter continues the prefix with a conditional BLIP caption; the referring setting gives the caption,
    so it is the continuation here: ``"a photograph of red circle++ a red circle and a blue star"``. The prompts
    are recorded as the measurement's caption, one a line.
-2. Compel weighting (U:155-163): ``word++`` weighs the word before it (the class's last word) 1.1 ** 2; Compel's
-   ``build_weighted_embedding_tensor`` gives each weighted token ``empty + (z - empty) * w`` (z: the prompt's
-   last hidden state, padded; empty: that of ``""``) and leaves the others at z (:func:`compel_weighted`).
+2. Text encoding by Compel itself (U:155-163; the project's :class:`~elbo_lib.generation.PromptWeighting`, set
+   up as DiffSegmenter sets it up on SD 1.x): ``word++`` weighs the word before it (the class's last word)
+   1.1 ** 2, i.e. Compel's ``build_weighted_embedding_tensor`` gives its tokens ``empty + (z - empty) * 1.21``
+   (z: the prompt's last hidden state, padded; empty: that of ``""``) and leaves the others at z.
 3. One UNet pass per class with its own prompt (B:493-510), at one timestep, t = 100 of 1000 (B:451), on
    z_t = sqrt(abar) z0 + sqrt(1 - abar) eps, z0 the VAE posterior **sample** (B:478-480): the generator seeded with
    the run's seed draws the posterior sample, then eps (DiffSegmenter: the global RNG, unseeded), shared by the
@@ -54,6 +55,7 @@ import torch.nn.functional as F
 from ..aligner import Measurement
 from ..attention import AttentionStore
 from ..calibrate import minmax, refine_with_self_attention, renormalize, upsample
+from ..generation import PromptWeighting
 from ..models.base import TextCondition
 from ..tokens import default_caption, token_positions
 from .base import PAPER_TIMESTEPS, Baseline, register
@@ -62,7 +64,7 @@ from .daam import spatial_factor
 TIMESTEP = 100                 # B:451 times = [100], of the 1000 training steps
 PREFIX = "a photograph of"     # B:495
 FALLBACK_PREFIX = "a photo of"
-UPWEIGHT = 1.1 ** 2            # Compel's "++": attention_plus_base 1.1, twice
+UPWEIGHT = 1.1 ** 2            # Compel's "++": attention_plus_base 1.1, twice (what tests check it does)
 WEIGHTS = {8: 0.3, 4: 0.5, 2: 0.1, 1: 0.1}  # B:452 [0.3, 0.5, 0.1, 0.1] for 8, 16, 32, 64 on a 64x64 latent
 
 
@@ -75,13 +77,6 @@ def prompt_prefix(tokenizer) -> str:
 def class_prompt(prefix: str, phrase: str, description: str) -> str:
     """DiffSegmenter's Compel prompt: ``f"{prefix} {phrase}++ {description}"`` (B:495-502)."""
     return f"{prefix} {phrase}++ {description}".strip()
-
-
-def compel_weighted(z: torch.Tensor, empty: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """Compel's weighted embedding: per token, ``empty + (z - empty) * w`` where w != 1, else z itself.
-    z (P, L, D), empty (1, L, D), weights (P, L)."""
-    w = weights.to(z.dtype)[..., None].expand_as(z)
-    return torch.where(w == 1, z, empty + (z - empty) * w)
 
 
 def class_token_positions(prompt: str, prefix: str, first: int) -> list[int]:
@@ -126,30 +121,17 @@ def heatmaps(m: Measurement, cfg) -> np.ndarray:
     return renormalize(upsample(m.cross[0].float(), m.image_hw)).double().numpy()
 
 
-def weighted_tokens(ad, text: str, phrase: str) -> tuple[list[int], list[int]]:
-    """(the phrase's token positions in ``text`` (first occurrence, with the start token), the positions of its
-    last word's tokens, which ``++`` weighs)."""
-    span = [q + ad.token_offset for q in token_positions(ad.tokenizer, ad.prompt_text(text), ad.prompt_text(phrase),
-                                                         limit=ad.max_text_tokens)]
-    last = len(ad.tokenizer(phrase.split()[-1], add_special_tokens=False).input_ids)
-    return span, span[-last:]
-
-
 @torch.no_grad()
 def encode_prompts(ad, classes: list[str], caption: str) -> tuple[list[str], TextCondition, list[list[int]]]:
-    """Steps 1, 2 and 5: the prompts, their Compel-weighted encodings (P, L, D) and each class's token(s) to read."""
+    """Steps 1, 2 and 5: the prompts, their encodings by Compel (P, L, D) and each class's token(s) to read."""
     prefix = prompt_prefix(ad.tokenizer)
     prompts = [class_prompt(prefix, c, caption) for c in classes]
-    texts = [p.replace("++", "") for p in prompts]
-    cond = ad.encode_text(texts)
-    weights = torch.ones(cond.embeds.shape[:2])
     reads = []
-    for i, c in enumerate(classes):
-        span, up = weighted_tokens(ad, texts[i], c)
-        weights[i, up] = UPWEIGHT
-        reads.append(class_token_positions(prompts[i], prefix, span[0]))
-    weighted = compel_weighted(cond.embeds, ad.encode_text([""]).embeds, weights)
-    return prompts, TextCondition(weighted, cond.extra), reads
+    for p, c in zip(prompts, classes):
+        text = p.replace("++", "")
+        first = token_positions(ad.tokenizer, ad.prompt_text(text), ad.prompt_text(c), limit=ad.max_text_tokens)[0]
+        reads.append(class_token_positions(p, prefix, first + ad.token_offset))
+    return prompts, PromptWeighting(ad.pipe)(prompts), reads
 
 
 @torch.no_grad()

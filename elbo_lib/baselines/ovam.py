@@ -1,6 +1,6 @@
 """OVAM (Marcos-Manchón et al., CVPR 2024), "Open-Vocabulary Attention Maps with Token Optimization for
 Semantic Segmentation in Diffusion Models", as its code computes it (vpulab/ovam, commit 12afd87; pinned by
-``tests/test_daam_ovam_parity.py`` against its own maps, ``tests/fixtures/parity/ovam/``).
+``tests/test_baseline_parity.py`` against its own maps, ``tests/fixtures/parity/ovam/``).
 
 The queries Q of the located cross-attention layers are stored during the denoising pass; a map for an
 arbitrary *attribution prompt* is then softmax(scale Q K_a^T), K_a the layer's keys of that prompt's embedding,
