@@ -51,7 +51,7 @@ def test_encode_prompts_weights_the_last_class_word():
 
 def test_resolution_maps_and_weights():
     """Per resolution a plain mean over layers of the read tokens' mean; then bilinear to the latent grid,
-    min-max and the weight of the map's factor (16x16 latent: 16 -> 0.1, 8 -> 0.1, 4 -> 0.5)."""
+    min-max and the weight of the map's side (8, 16, 32, 64 -> 0.3, 0.5, 0.1, 0.1; the toy's 4x4: none)."""
     torch.manual_seed(0)
     store = AttentionStore(latent_hw=(16, 16))
     a, b, c = torch.rand(1, 256, 6), torch.rand(1, 256, 6), torch.rand(1, 64, 6)
@@ -66,8 +66,10 @@ def test_resolution_maps_and_weights():
 
     def up(x):
         return F.interpolate(x[None], size=(16, 16), mode="bilinear", align_corners=False)[0]
-    want = 0.1 * mm(maps[256]) + 0.1 * mm(up(maps[64])) + 0.5 * mm(up(maps[16]))
+    want = 0.5 * mm(maps[256]) + 0.3 * mm(up(maps[64]))
     torch.testing.assert_close(weighted_sum(maps, (16, 16)), want)
+    with pytest.raises(ValueError, match="no cross-attention map has a side"):
+        weighted_sum({16: maps[16]}, (16, 16))
     # SD 1.5 at 512 px: 8, 16, 32, 64 on a 64x64 latent -> 0.3, 0.5, 0.1, 0.1
     sd = {n * n: torch.rand(1, n, n) for n in (8, 16, 32, 64)}
     want = sum(w * mm(F.interpolate(sd[n * n][None], size=(64, 64), mode="bilinear", align_corners=False)[0])

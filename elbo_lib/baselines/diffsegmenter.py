@@ -32,12 +32,13 @@ Steps, per image:
 
 The port's choices (not settled by the official code, which knows SD 1.5 at 512 px only):
 
-- Resolution weights by the map's spatial factor against the latent grid (as DAAM's factor):
-  factor 8, 4, 2, 1 -> 0.3, 0.5, 0.1, 0.1 (:data:`WEIGHTS`), which is DiffSegmenter's 8/16/32/64 on SD 1.5's
-  64x64 latent and stays defined at any size. The toy UNet (16x16 latent; cross-attention at 16, 8 and 4) gets
-  0.1 (16x16), 0.1 (8x8) and 0.5 (its 4x4 mid block); no map has factor 8, so that 0.3 is unused. The README's
-  alternatives: by absolute size (16 and 8 get 0.5 and 0.3, the mid block none) or by depth (the toy's mid block
-  as SD's 8x8 mid block, 0.3). A factor without a weight would get 0.
+- Resolution weights by the map's side, as its code keys them (``for idx, res in enumerate([8, 16, 32, 64])``
+  with ``weight[idx]``, B:514-522): 8 -> 0.3, 16 -> 0.5, 32 -> 0.1, 64 -> 0.1 (:data:`WEIGHTS`); a map of
+  another side belongs to no group and gets no weight (the README: the toy's 4x4 mid block "belongs to no
+  group"). On the toy UNet (cross-attention at 16, 8 and 4) that is 0.5, 0.3 and 0. The README's alternative,
+  by depth (the toy's 16/8/4 as SD's 64/32/8), and a rule by the map's factor against the latent grid (0.1, 0.1,
+  0.5) give 0.174 and 0.137 oracle mIoU on the first 60 toy-test images, against 0.318 for this rule
+  (``docs/baselines.md``). Where no map has one of the four sides (SD 1.5 at 768 px) it stops with an error.
 - The prefix: ``"a photograph of"`` where the tokenizer spells "photograph" as one token (every CLIP vocabulary);
   the toy's vocabulary spells it with 7 character tokens its text encoder never saw, and its five-object prompts
   would exceed its 28 tokens, so there ``"a photo of"`` (the words of its own captions) stands in
@@ -59,13 +60,12 @@ from ..generation import PromptWeighting
 from ..models.base import TextCondition
 from ..tokens import default_caption, token_positions
 from .base import PAPER_TIMESTEPS, Baseline, register
-from .daam import spatial_factor
 
 TIMESTEP = 100                 # B:451 times = [100], of the 1000 training steps
 PREFIX = "a photograph of"     # B:495
 FALLBACK_PREFIX = "a photo of"
 UPWEIGHT = 1.1 ** 2            # Compel's "++": attention_plus_base 1.1, twice (what tests check it does)
-WEIGHTS = {8: 0.3, 4: 0.5, 2: 0.1, 1: 0.1}  # B:452 [0.3, 0.5, 0.1, 0.1] for 8, 16, 32, 64 on a 64x64 latent
+WEIGHTS = {8: 0.3, 16: 0.5, 32: 0.1, 64: 0.1}  # B:452 weight = [0.3, 0.5, 0.1, 0.1], B:514 res in [8, 16, 32, 64]
 
 
 def prompt_prefix(tokenizer) -> str:
@@ -101,16 +101,22 @@ def resolution_maps(store: AttentionStore, positions: list[int]) -> dict[int, to
 
 
 def weighted_sum(maps: dict[int, torch.Tensor], latent_hw: tuple[int, int]) -> torch.Tensor:
-    """(B, h, w): sum over resolutions of weight(factor) * minmax(bilinear to the latent grid) (B:519-524)."""
+    """(B, h, w): sum over resolutions of WEIGHTS[side] * minmax(bilinear to the latent grid) (B:519-524); maps
+    of a side without a weight are left out."""
     total = None
-    for n, m in maps.items():
-        w = WEIGHTS.get(spatial_factor(n, latent_hw), 0.0)
+    for m in maps.values():
+        side = m.shape[-1]
+        if m.shape[-2] != side:
+            raise ValueError(f"DiffSegmenter groups square maps by their side; got a {tuple(m.shape[-2:])} map")
+        if side not in WEIGHTS:
+            continue
         if tuple(m.shape[-2:]) != tuple(latent_hw):
             m = F.interpolate(m[:, None], size=tuple(latent_hw), mode="bilinear", align_corners=False)[:, 0]
-        term = minmax(m, dim=(1, 2)) * w
+        term = minmax(m, dim=(1, 2)) * WEIGHTS[side]
         total = term if total is None else total + term
     if total is None:
-        raise ValueError("no cross-attention was captured")
+        raise ValueError(f"no cross-attention map has a side DiffSegmenter weighs ({sorted(WEIGHTS)}); "
+                         f"sides captured: {sorted(m.shape[-1] for m in maps.values())}")
     return total
 
 
@@ -159,4 +165,4 @@ def measure(aligner, image, classes, caption, seed, cfg) -> Measurement:
 DIFFSEGMENTER = register(Baseline(
     "DiffSegmenter", heatmaps, measure=measure, method="diffsegmenter", unet_only=True,
     measure_overrides=dict(self_attention=True, **PAPER_TIMESTEPS),
-    notes="port of its official steps: Compel prompt per class, t = 100, weights 0.3/0.5/0.1/0.1 by factor"))
+    notes="port of its official steps: Compel prompt per class, t = 100, weights 0.3/0.5/0.1/0.1 for 8-64"))
