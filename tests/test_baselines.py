@@ -95,3 +95,11 @@ def test_registry_and_harness(tmp_path, pipes):
                  **options(limit=3, cache_dir=tmp_path / "c", pipe=pipes["sd1"], n_boot=20, heldout=None))
     assert set(m["variants"]) == {"uncalibrated", "calibrated", *BASELINES}
     assert all(0 <= m["variants"][b]["oracle"]["miou"] <= 1 for b in BASELINES)
+
+
+def test_denoiser_passes_per_image():
+    """What each baseline's measurement costs in denoiser passes (the plan's estimate and the cache's rate record):
+    DAAM and OVAM one per attention timestep, DiffSegmenter one per class at its single timestep, DiffSeg one."""
+    cfgs = {n: AlignConfig(**get_baseline(n).measure_overrides) for n in BASELINES}
+    assert {n: get_baseline(n).denoiser_passes(cfgs[n], 3) for n in BASELINES} == {
+        "DAAM": 10, "OVAM": 10, "DiffSegmenter": 3, "Semantic DiffSeg": 1}

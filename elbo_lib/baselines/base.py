@@ -4,6 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
+from ..timing import denoiser_passes
+
 
 BASELINES: dict[str, "Baseline"] = {}
 # baselines that need no ELBO measure attention at the paper's 10 timesteps in (0, 0.2], whatever
@@ -30,6 +32,12 @@ class Baseline:
     elbo: bool = False               # whether its measurement needs the ELBO losses
     notes: str = ""
     unet_only: bool = False          # reads a UNet's block layers (its authors' code locates them there)
+    passes: Callable | None = None   # (cfg, n_classes) -> denoiser passes per image; None: timing.denoiser_passes
+
+    def denoiser_passes(self, cfg, n_classes: int) -> int:
+        """Denoiser passes (batch entries) one image's measurement makes (for the plan's time estimate and the
+        cache's rate record)."""
+        return self.passes(cfg, n_classes) if self.passes is not None else denoiser_passes(cfg, n_classes, self.elbo)
 
     def not_runnable(self, adapter) -> str | None:
         """Why this baseline cannot run on ``adapter``'s model (a table note), or None when it can."""

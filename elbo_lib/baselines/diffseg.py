@@ -222,5 +222,5 @@ def measure(aligner, image, classes, caption, seed, cfg) -> Measurement:
 
 
 DIFFSEG = register(Baseline("Semantic DiffSeg", heatmaps, measure_overrides=dict(**PAPER_TIMESTEPS),
-                            measure=measure, method="semantic-diffseg",
+                            measure=measure, method="semantic-diffseg", passes=lambda cfg, n_classes: 1,
                             notes="t = 300 on the clean latent, 16x16 anchors, KL 1.1, 3 iterations, mean voting"))

@@ -164,5 +164,6 @@ def measure(aligner, image, classes, caption, seed, cfg) -> Measurement:
 
 DIFFSEGMENTER = register(Baseline(
     "DiffSegmenter", heatmaps, measure=measure, method="diffsegmenter", unet_only=True,
+    passes=lambda cfg, n_classes: n_classes,  # one pass per class at one timestep
     measure_overrides=dict(self_attention=True, **PAPER_TIMESTEPS),
     notes="port of its official steps: Compel prompt per class, t = 100, weights 0.3/0.5/0.1/0.1 for 8-64"))
