@@ -365,14 +365,17 @@ class Aligner:
         out[:, idx] = sub
         return out
 
-    def encode(self, image, cfg: AlignConfig, latent: torch.Tensor | None = None) -> tuple[torch.Tensor, tuple[int, int]]:
+    def encode(self, image, cfg: AlignConfig, latent: torch.Tensor | None = None,
+               generator: torch.Generator | None = None) -> tuple[torch.Tensor, tuple[int, int]]:
         """Alg. 1 line 1: image -> latent x0 (1, C, h, w), and the input size (H, W); a given ``latent``
-        is checked and used as it is."""
+        is checked and used as it is. The posterior mean, or with ``generator`` a posterior sample drawn from it."""
         pil = to_pil_rgb(image)
         if latent is None:
             ad = self.adapter.configured(cfg.flow_shift, cfg.edm_native)  # EDM's latent normalisation with edm_native
-            x0 = ad.encode_image(ad.preprocess(pil, cfg.resolution, cfg.resize))
+            x0 = ad.encode_image(ad.preprocess(pil, cfg.resolution, cfg.resize), generator)
         else:
+            if generator is not None:
+                raise ValueError("a given latent is used as it is: it takes no posterior-sample generator")
             if not isinstance(latent, torch.Tensor) or latent.ndim != 4 or latent.shape[0] != 1:
                 raise ValueError(f"latent must be a (1, C, h, w) tensor, got {getattr(latent, 'shape', type(latent))}")
             if not latent.is_floating_point():
@@ -380,20 +383,32 @@ class Aligner:
             x0 = latent.to(self.adapter.device, self.adapter.dtype)
         return check_finite(x0, "image latent"), (pil.size[1], pil.size[0])
 
-    def attention_passes(self, x0: torch.Tensor, caption: str, t_att: torch.Tensor, seed: int, cfg: AlignConfig,
-                         noise: torch.Tensor | None = None, ad=None, **capture_kw):
+    def attention_passes(self, x0: torch.Tensor, caption: str | None, t_att: torch.Tensor, seed: int, cfg: AlignConfig,
+                         noise: torch.Tensor | None = None, ad=None, text=None, noised: bool = True, **capture_kw):
         """Alg. 1 line 2: noise x0 at each attention time (Eq. 2) and run the denoiser with the caption
         under :func:`capture_attention`; yields one store per batch of timesteps. ``noise`` (T_a, C, h, w)
-        defaults to the attention part of :meth:`Noise.draw` for ``seed`` and ``cfg.noise``."""
+        defaults to the attention part of :meth:`Noise.draw` for ``seed`` and ``cfg.noise``. ``text`` (a
+        one-prompt ``TextCondition``, e.g. the adapter's ``unconditional_text()``) replaces the caption's encoding;
+        then ``caption`` must be None. ``noised=False`` feeds x0 itself at each timestep (no noise is added: DiffSeg
+        reads the attention of the clean latent at its timestep)."""
+        if (text is None) == (caption is None):
+            raise ValueError("give the caption or an encoded text condition, not both or neither")
+        if not noised and noise is not None:
+            raise ValueError("noise was given for passes on the clean latent (noised=False)")
         ad = (ad or self.adapter.configured(cfg.flow_shift, cfg.edm_native)).for_latent(x0)
         latent_hw = (x0.shape[-2] // ad.patch_size, x0.shape[-1] // ad.patch_size)
-        if noise is None:
-            noise = Noise.draw(x0.shape[1:], len(t_att), 0, seed, cfg.noise).attention
-        eps_att = noise.to(ad.device, torch.float32)
-        a, s = ad.alpha_sigma(t_att)
-        view = (-1,) + (1,) * (x0.ndim - 1)
-        z_att = a.view(view) * x0.float() + s.view(view) * eps_att
-        cond_cap = ad.encode_text([caption])
+        if not noised:
+            z_att = x0.float().expand(len(t_att), *x0.shape[1:])
+        else:
+            if noise is None:
+                noise = Noise.draw(x0.shape[1:], len(t_att), 0, seed, cfg.noise).attention
+            eps_att = noise.to(ad.device, torch.float32)
+            a, s = ad.alpha_sigma(t_att)
+            view = (-1,) + (1,) * (x0.ndim - 1)
+            z_att = a.view(view) * x0.float() + s.view(view) * eps_att
+        cond_cap = ad.encode_text([caption]) if text is None else text
+        if len(cond_cap) != 1:
+            raise ValueError(f"the attention passes take one text condition, got {len(cond_cap)}")
         for start in range(0, len(t_att), cfg.batch_size):
             sl = slice(start, min(start + cfg.batch_size, len(t_att)))
             nb = sl.stop - sl.start

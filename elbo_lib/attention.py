@@ -69,7 +69,9 @@ def grid_hw(latent_hw: tuple[int, int], n_tokens: int) -> tuple[int, int]:
 class AttentionStore:
     """What one forward pass captured.
 
-    cross[name]: (B, Nq, T) cross-attention probabilities averaged over heads, per layer.
+    cross[name]: (B, Nq, T) cross-attention probabilities averaged over heads, per layer; with ``per_head``
+    instead head_sums[name]: (heads, Nq, T) the probabilities of each head summed over the batch rows (DAAM sums
+    every (layer, head) map over timesteps before anything else).
     self_sums[Nq]: (B, Nq, Nq) sum over the self-attention layers with Nq queries; only the finest
     resolution seen so far is kept (the one used for refinement).
     """
@@ -81,8 +83,10 @@ class AttentionStore:
     all_resolutions: bool = False  # keep self-attention of every resolution (DiffSeg), not just the finest
     segments: bool = False         # keep self-attention per resolution segment (the authors' two-hop rule)
     keep_queries: bool = False     # keep cross-attention queries and modules (OVAM)
+    per_head: bool = False         # keep cross-attention per head, summed over the batch (DAAM), not head-averaged
     cross_tokens: int | None = None  # keep only the first cross_tokens text tokens' columns (None: all)
     queries: dict[str, torch.Tensor] = field(default_factory=dict)
+    head_sums: dict[str, torch.Tensor] = field(default_factory=dict)
     modules: dict[str, object] = field(default_factory=dict)
     segment_of: dict[str, int] = field(default_factory=dict)
     segment_sums: dict[int, torch.Tensor] = field(default_factory=dict)
@@ -91,6 +95,8 @@ class AttentionStore:
     @property
     def batch(self) -> int:
         """The batch size of the captured pass(es) (every captured map has it as its first axis)."""
+        if self.head_sums:
+            raise ValueError("per-head cross-attention is summed over the batch: it has no batch axis")
         for maps in (self.cross, self.segment_sums, self.self_sums):
             if maps:
                 return next(iter(maps.values())).shape[0]
@@ -102,6 +108,17 @@ class AttentionStore:
             probs_bqt = probs_bqt[..., :self.cross_tokens]
         # a slice is copied, so that the layer's full attention matrix it views can be freed
         self.cross[name] = probs_bqt if probs_bqt._base is None else probs_bqt.clone()
+
+    def add_cross_heads(self, name: str, probs_bhqt: torch.Tensor) -> None:
+        """Add a layer's (B, heads, Nq, T) cross-attention, summed over the batch rows, to ``head_sums[name]``
+        (its first ``cross_tokens`` columns)."""
+        if self.cross_tokens is not None:
+            probs_bhqt = probs_bhqt[..., :self.cross_tokens]
+        total = probs_bhqt.float().sum(0)
+        if name in self.head_sums:
+            self.head_sums[name].add_(total)
+        else:
+            self.head_sums[name] = total
 
     @staticmethod
     def _accumulate(sums: dict, key, probs: torch.Tensor) -> None:
@@ -206,14 +223,17 @@ class UNetAttentionProcessor:
 
 class CaptureProcessor(UNetAttentionProcessor):
     """Records cross-attention (encoder_hidden_states given) when ``cross`` is set, and self-attention when
-    ``self_attn`` is set, averaged over heads."""
+    ``self_attn`` is set, averaged over heads (cross-attention per head with the store's ``per_head``)."""
 
     def __init__(self, store: AttentionStore, name: str, cross: bool, self_attn: bool):
         self.store, self.name, self.cross, self.self_attn = store, name, cross, self_attn
 
     def on_probs(self, probs, is_cross, attn, query):
         if is_cross and self.cross:
-            self.store.add_cross(self.name, probs.mean(dim=1))
+            if self.store.per_head:
+                self.store.add_cross_heads(self.name, probs)
+            else:
+                self.store.add_cross(self.name, probs.mean(dim=1))
             if self.store.keep_queries:
                 self.store.queries[self.name], self.store.modules[self.name] = query.detach(), attn
         elif not is_cross and self.self_attn:
@@ -327,25 +347,44 @@ def is_self_attention_layer(name: str, joint: bool) -> bool:
     return joint or ".attn1." in name
 
 
+_BLOCK_CROSS = re.compile(r"^(?:(down|up)_blocks\.(\d+)|mid_block)\.attentions\.\d+\.transformer_blocks\.\d+\.attn2\.")
+
+
+def block_cross_attention(name: str) -> tuple[str, int | None] | None:
+    """A UNet cross-attention layer's block kind and index, as a locator walking ``unet.down_blocks``,
+    ``mid_block`` and ``up_blocks`` finds it (each block's ``attentions``, each transformer block's ``attn2``):
+    ``'up_blocks.1.attentions.0.transformer_blocks.0.attn2.processor'`` -> ``('up', 1)``, the mid block's ->
+    ``('mid', None)``; None for any other layer (self-attention, a DiT's blocks)."""
+    m = _BLOCK_CROSS.match(name)
+    if m is None:
+        return None
+    if m.group(1) is None:
+        return "mid", None
+    return m.group(1), int(m.group(2))
+
+
 @contextlib.contextmanager
 def capture_attention(denoiser: torch.nn.Module, latent_hw: tuple[int, int], *, joint: bool = False,
                       cross: bool = True, self_attn: bool = True,
                       layer_filter: Callable[[str], bool] | None = None, all_resolutions: bool = False,
-                      segments: bool = False, keep_queries: bool = False,
+                      segments: bool = False, keep_queries: bool = False, per_head: bool = False,
                       cross_tokens: int | None = None) -> Iterator[AttentionStore]:
     """Install capture processors on ``denoiser`` for one or more forward passes; restore on exit.
 
     ``latent_hw`` is the denoiser's token grid at the finest resolution (latent size / patch size).
     ``all_resolutions`` keeps self-attention of every resolution; ``segments`` keeps it per resolution
     segment in forward order (for :func:`two_hop_self_attention`); ``keep_queries`` keeps the
-    cross-attention queries (for attribution prompts, OVAM); ``cross_tokens`` keeps only the first text
+    cross-attention queries (for attribution prompts, OVAM); ``per_head`` keeps the cross-attention of every head
+    summed over the batch (DAAM; UNet layouts only); ``cross_tokens`` keeps only the first text
     tokens' cross-attention (memory: a T5 sequence has up to 512 tokens, a class phrase is near its start).
     The processor for each layer follows its original processor (:data:`CAPTURE_FOR`), else ``joint``.
     """
     original = dict(denoiser.attn_processors)
     store = AttentionStore(latent_hw=tuple(latent_hw), all_resolutions=all_resolutions, segments=segments,
-                           keep_queries=keep_queries, cross_tokens=cross_tokens)
+                           keep_queries=keep_queries, per_head=per_head, cross_tokens=cross_tokens)
     default = JointCaptureProcessor if joint else CaptureProcessor
+    if per_head and (joint or any(type(p).__name__ in CAPTURE_FOR for p in original.values())):
+        raise ValueError("per-head cross-attention is captured on UNet-style cross-attention layers only")
     new = {}
     for name, proc in original.items():
         if layer_filter is not None and not layer_filter(name):

@@ -1,14 +1,16 @@
 # %% [markdown]
 # # Table II — zero-shot referring segmentation (mIoU)
 # The paper compares ELBO-T2IAlign with diffusion-based segmenters on VOC, Context, COCO-Object and ADE20K.
-# Here: DAAM, DiffSegmenter, OVAM (un-optimised), Semantic DiffSeg, the uncalibrated cross-attention maps and
+# Here: DAAM, DiffSegmenter, OVAM (un-optimised), Semantic DiffSeg (each as its authors' code computes it; how each
+# was checked: docs/baselines.md), the uncalibrated cross-attention maps and
 # ELBO-T2IAlign (the official configuration: the authors' code step for step) on one harness (same model, images, noise, threshold protocol) on the toy splits,
 # with the authors' **oracle** threshold (searched on the evaluated set) and a **held-out** threshold
 # (searched on `toy-val`), and 95% bootstrap intervals. Two extra rows drop the self-attention refinement (Alg. 1's
 # multiplication of the class maps by self-attention) to show what it contributes on the model at hand; one
 # labelled extra row (a project option, not the paper's) drops the authors' final per-class min-max.
 # Other models: set `model` (the toy v-prediction and SD 3-shaped models are `data/toy-sd-v`, `data/toy-sd3`; a baseline
-# that cannot read a model, e.g. OVAM on an MMDiT, gets a note row). Real datasets: set `model`, `datasets`, `data_root`
+# that cannot read a model, e.g. DAAM, OVAM or DiffSegmenter (UNet layers only) on an MMDiT, gets a note row).
+# Real datasets: set `model`, `datasets`, `data_root`
 # (and `image_lists`, a folder laid out as the authors' `metadata/`, for their image lists). There every column says
 # how it is scored: `oracle_mIoU` is **official (authors' evaluation)**: every image of the list, 8-bit heatmaps,
 # their binary threshold search on those same images, as in the paper; `grid_max_mIoU` is that curve's maximum;
@@ -42,7 +44,7 @@ from elbo_lib.models import adapter_for
 
 cfg = ex.superset_config(model)
 adapter = adapter_for(load_pipeline(model, device=device))
-skipped = {b: get_baseline(b).not_runnable(adapter) for b in baselines}  # e.g. OVAM on an MMDiT: a note row
+skipped = {b: get_baseline(b).not_runnable(adapter) for b in baselines}  # e.g. DAAM on an MMDiT: a note row
 runnable = [b for b in baselines if skipped[b] is None]
 notes = [{"variant": "DiffPNG", "note": ex.DIFFPNG_NOTE}] + [{"variant": b, "note": n} for b, n in skipped.items() if n]
 tables, runs = [], {}

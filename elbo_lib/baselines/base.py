@@ -4,6 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
+from ..timing import denoiser_passes
+
 
 BASELINES: dict[str, "Baseline"] = {}
 # baselines that need no ELBO measure attention at the paper's 10 timesteps in (0, 0.2], whatever
@@ -15,6 +17,11 @@ class NotRunnable(RuntimeError):
     """A baseline that cannot run here (the reason is its message)."""
 
 
+def is_unet(denoiser) -> bool:
+    """Whether a denoiser has a UNet's down, mid and up blocks (where DAAM, OVAM and DiffSegmenter locate layers)."""
+    return all(hasattr(denoiser, a) for a in ("down_blocks", "mid_block", "up_blocks"))
+
+
 @dataclass(frozen=True)
 class Baseline:
     name: str
@@ -24,14 +31,26 @@ class Baseline:
     method: str = "aligner"          # cache tag of the measure function
     elbo: bool = False               # whether its measurement needs the ELBO losses
     notes: str = ""
-    joint_attention: bool = True     # whether it runs on joint-attention (MMDiT) models
+    unet_only: bool = False          # reads a UNet's block layers (its authors' code locates them there)
+    passes: Callable | None = None   # (cfg, n_classes) -> denoiser passes per image; None: timing.denoiser_passes
+
+    def denoiser_passes(self, cfg, n_classes: int) -> int:
+        """Denoiser passes (batch entries) one image's measurement makes (for the plan's time estimate and the
+        cache's rate record)."""
+        return self.passes(cfg, n_classes) if self.passes is not None else denoiser_passes(cfg, n_classes, self.elbo)
 
     def not_runnable(self, adapter) -> str | None:
         """Why this baseline cannot run on ``adapter``'s model (a table note), or None when it can."""
-        if adapter.joint_attention and not self.joint_attention:
-            return (f"not run: {self.name} reads separate cross-attention layers; {type(adapter.denoiser).__name__} "
-                    "has joint attention only")
+        if self.unet_only and not is_unet(adapter.denoiser):
+            return (f"not run: {self.name} reads a UNet's down- and up-block layers, as its authors' code locates "
+                    f"them; {type(adapter.denoiser).__name__} has none")
         return None
+
+    def check_runnable(self, adapter) -> None:
+        """Raise :class:`NotRunnable` with :meth:`not_runnable`'s reason where this baseline cannot run."""
+        why = self.not_runnable(adapter)
+        if why is not None:
+            raise NotRunnable(why)
 
 
 def register(b: Baseline) -> Baseline:

@@ -105,7 +105,8 @@ def make_plan(model: str | os.PathLike, ds: SegmentationDataset, groups: list[tu
                 continue
             todo.append(i)
             if ids[i] not in have:
-                passes += denoiser_passes(cfg, len(c), elbo)
+                passes += (baseline.denoiser_passes(cfg, len(c)) if baseline is not None
+                           else denoiser_passes(cfg, len(c), elbo))
             if noun_cache is not None:  # the single nouns' ELBO (Table IV)
                 passes += len(c) * (len(noun_idx) if noun_idx is not None else cfg.elbo_steps)
         measurements.append(MeasurementPlan(method, cache, todo, passes))

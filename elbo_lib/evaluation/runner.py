@@ -78,7 +78,8 @@ def measure_dataset(model: str | os.PathLike, dataset: SegmentationDataset, cfg:
                 else:
                     m = aligner.measure(sample.image, phrases, caption, seed=seed, cfg=cfg, elbo=elbo)
                 cache.put(sample.id, m, inputs)
-                passes += denoiser_passes(cfg, len(phrases), elbo)
+                passes += (baseline.denoiser_passes(cfg, len(phrases)) if baseline is not None
+                           else denoiser_passes(cfg, len(phrases), elbo))
         except CaptionTooLong as e:
             raise CaptionTooLong(f"image {sample.id} (image {i} of {dataset.name}): {e}") from e
         if noun_cache is not None:

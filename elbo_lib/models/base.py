@@ -34,6 +34,11 @@ class TextCondition:
         return TextCondition(self.embeds[idx], {k: v[idx] for k, v in self.extra.items()})
 
 
+def posterior_latent(dist, generator: torch.Generator | None = None) -> torch.Tensor:
+    """The VAE posterior's mean, or with a ``generator`` a sample ``mean + std * eps`` with eps drawn from it."""
+    return dist.mean if generator is None else dist.sample(generator=generator)
+
+
 class PipelineAdapter:
     """Base adapter; subclasses set ``pipeline_classes`` and implement the abstract methods."""
 
@@ -131,10 +136,11 @@ class PipelineAdapter:
         return next(self.pipe.vae.parameters()).dtype
 
     @torch.no_grad()
-    def encode_image(self, x: torch.Tensor) -> torch.Tensor:
-        """x (1, 3, H, W) in [-1, 1] -> x0 latent (1, C, h, w): the posterior mean, scaled (and shifted)."""
+    def encode_image(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """x (1, 3, H, W) in [-1, 1] -> x0 latent (1, C, h, w): the posterior mean, scaled (and shifted); with a
+        ``generator``, a posterior sample drawn from it instead (DiffSegmenter's encoding)."""
         vae = self.pipe.vae
-        z = vae.encode(x.to(self.vae_dtype)).latent_dist.mean
+        z = posterior_latent(vae.encode(x.to(self.vae_dtype)).latent_dist, generator)
         shift = getattr(vae.config, "shift_factor", None) or 0.0
         return ((z - shift) * vae.config.scaling_factor).to(self.dtype)
 
@@ -163,6 +169,11 @@ class PipelineAdapter:
     # ---- text and denoiser -------------------------------------------------------------------------
     def encode_text(self, prompts: list[str]) -> TextCondition:
         raise NotImplementedError
+
+    def unconditional_text(self) -> TextCondition:
+        """The text condition of the pipeline's unconditional (classifier-free guidance) branch for an empty
+        negative prompt: the encoding of ``""`` (pipelines that zero it override this)."""
+        return self.encode_text([""])
 
     def predict(self, z_t: torch.Tensor, t: torch.Tensor, cond: TextCondition) -> torch.Tensor:
         raise NotImplementedError

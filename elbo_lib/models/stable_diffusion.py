@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from diffusers import DDIMScheduler
 
-from .base import PipelineAdapter, TextCondition, register
+from .base import PipelineAdapter, TextCondition, posterior_latent, register
 from .edm import EDMNoise, is_edm, normalised_latent
 
 
@@ -88,10 +88,10 @@ class _DiscreteScheduleAdapter(PipelineAdapter):
         return self.timestep_index(t).to(self.device)
 
     @torch.no_grad()
-    def encode_image(self, x: torch.Tensor) -> torch.Tensor:
+    def encode_image(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         if not self.uses_edm:
-            return super().encode_image(x)
-        z = self.pipe.vae.encode(x.to(self.vae_dtype)).latent_dist.mean
+            return super().encode_image(x, generator)
+        z = posterior_latent(self.pipe.vae.encode(x.to(self.vae_dtype)).latent_dist, generator)
         return normalised_latent(z, self.pipe.vae.config).to(self.dtype)
 
     def denoise(self, z_t: torch.Tensor, t: torch.Tensor, cond: TextCondition) -> torch.Tensor:
@@ -129,6 +129,15 @@ class StableDiffusionXLAdapter(_DiscreteScheduleAdapter):
         embeds, _, pooled, _ = self.pipe.encode_prompt(list(prompts), device=self.device, num_images_per_prompt=1,
                                                        do_classifier_free_guidance=False)
         return self.condition(embeds, pooled)
+
+    @torch.no_grad()
+    def unconditional_text(self) -> TextCondition:
+        """SDXL pipelines with ``force_zeros_for_empty_prompt`` (the default) feed zeros as the unconditional
+        branch's text and pooled embeddings when no negative prompt is given."""
+        if not getattr(self.pipe.config, "force_zeros_for_empty_prompt", False):
+            return self.encode_text([""])
+        cond = self.encode_text([""])
+        return self.condition(torch.zeros_like(cond.embeds), torch.zeros_like(cond.extra["text_embeds"]))
 
     def condition(self, embeds: torch.Tensor, pooled: torch.Tensor) -> TextCondition:
         """Encoded prompts (P, L, D) and pooled embeddings (P, D') with SDXL's added time ids (native size,
