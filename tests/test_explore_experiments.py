@@ -93,3 +93,15 @@ def test_controls_table_matches_the_explorer():
     assert all(c.default == defaults[c.name] for c in CONTROLS)
     ws = controls()
     assert list(ws) == names and all(ws[c.name].value == c.default for c in CONTROLS)
+
+
+def test_every_default_is_a_value_its_slider_can_hold():
+    """The browser's slider snaps a value off its grid (1/3 on a 0.05 grid became 0.35) and sends it back, so
+    the page would compute at another setting than the library's defaults."""
+    for c in CONTROLS:
+        if c.range is not None:
+            lo, hi, step = c.range
+            assert lo <= c.default <= hi and abs((c.default - lo) / step - round((c.default - lo) / step)) < 1e-9, c
+        elif c.choices is not None:
+            assert c.default in c.choices, c
+    assert dict(controls()["gamma"].options)["0.333"] == 1 / 3  # the paper's gamma itself, labelled

@@ -102,6 +102,21 @@ def _set_slider(driver, label: str, value: str) -> None:
     readout.send_keys(value, Keys.ENTER)
 
 
+def _choose(driver, label: str, value: float) -> None:
+    """Move a selection slider (its readout is not editable) with the arrow keys, as a keyboard user does,
+    until its readout shows ``value``."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    box = driver.find_element(By.XPATH, f"//div[contains(@class, 'widget-slider')][.//label[normalize-space()='{label}']]")
+    handle, readout = box.find_element(By.CSS_SELECTOR, ".noUi-handle"), box.find_element(By.CSS_SELECTOR, ".widget-readout")
+    for _ in range(100):
+        shown = float(readout.text)
+        if shown == value:
+            return
+        handle.send_keys(Keys.ARROW_RIGHT if shown < value else Keys.ARROW_LEFT)
+    raise AssertionError(f"the {label} slider did not reach {value}; it shows {readout.text}")
+
+
 def _heatmap_png(driver) -> bytes:
     from selenium.webdriver.common.by import By
     return driver.find_element(By.CSS_SELECTOR, "img.elbo-heatmaps").screenshot_as_png
@@ -134,7 +149,7 @@ def test_sliders_update_the_page_as_the_library_computes(page):
 
         expected = _library_scores({}, gamma=0.6)
         assert expected != first
-        _set_slider(driver, "gamma", "0.6")  # calibration only: no model call
+        _choose(driver, "gamma", 0.6)  # calibration only: no model call
         _wait(driver, lambda d: _scores(d) == expected, timeout=60)
         assert _measurements(driver) == calls
         shot1 = _heatmap_png(driver)

@@ -104,6 +104,10 @@ class Control:
     choices: tuple | None = None
 
 
+# gamma's choices: a 0.05 grid and the paper's 1/3 itself. A float slider cannot hold 1/3 on a 0.05 grid: the
+# browser's slider snaps it to 0.35 and sends that back, so the page would show another gamma than the library's.
+GAMMAS = tuple(sorted({round(0.1 + 0.05 * k, 2) for k in range(19)} | {1 / 3}))
+
 # The explorer's knobs, in the order of ``SceneKnobs`` then ``ToyExplorer.view``; the notebook's
 # sliders are built from this table (``controls``), and the tests check it against both signatures.
 CONTROLS = (
@@ -112,7 +116,7 @@ CONTROLS = (
     Control("distractors", 0, range=(0, 8, 1)),
     Control("distractor_colour", "unrelated", choices=DISTRACTOR_COLOURS),
     Control("rare", False),
-    Control("gamma", 1 / 3, range=(0.1, 1.0, 0.05)),
+    Control("gamma", 1 / 3, choices=GAMMAS),
     Control("elbo_steps", 20, choices=(1, 2, 4, 5, 10, 20, 25, 50, 100)),
     Control("elbo_strategy", "even", choices=("even", "random", "small", "middle", "large")),
     Control("attention_steps", 10, choices=(1, 2, 5, 10)),
@@ -131,8 +135,9 @@ def controls() -> dict:
     for c in CONTROLS:
         if c.choices is not None:
             numeric = all(isinstance(v, (int, float)) for v in c.choices)
+            options = [(f"{v:.3g}", v) for v in c.choices] if numeric else list(c.choices)
             out[c.name] = (w.SelectionSlider if numeric and len(c.choices) > 3 else w.Dropdown)(
-                options=list(c.choices), value=c.default, description=c.name, style=style)
+                options=options, value=c.default, description=c.name, style=style)
         elif c.range is not None:
             lo, hi, step = c.range
             cls = w.IntSlider if isinstance(c.default, int) and not isinstance(c.default, bool) else w.FloatSlider
