@@ -211,11 +211,12 @@ class AlignmentResult:
     classes: list[str]
     probs: np.ndarray      # (N, H, W) p(c_i | x_k)
     heatmaps: np.ndarray   # (N, H, W) calibrated heatmaps in [0, 1]
-    raw: np.ndarray        # (N, H, W) uncalibrated heatmaps in [0, 1]
+    raw: np.ndarray        # (N, H, W) uncalibrated heatmaps in [0, 1] (refined: the official pipeline's output)
     elbo: np.ndarray       # (N, T) per-class, per-timestep losses
     scores: np.ndarray     # (N,) alignment scores S_i in [gamma, 1]
     caption: str = ""
     extra: dict = field(default_factory=dict)
+    unrefined: np.ndarray | None = None  # (N, H, W) uncalibrated cross-attention before the self-attention refinement
 
     def mask(self, threshold: float = 0.4, calibrated: bool = True) -> np.ndarray:
         """(H, W) ints: 0 background, i + 1 for classes[i]."""
@@ -244,18 +245,19 @@ def finalize(m: Measurement, cfg: AlignConfig, elbo_idx=None, attention_idx=None
     else:
         scores = cal.alignment_scores(elbo, cfg.gamma)
 
-    def heat(s):
+    def heat(s, refine=True):
         h = cal.calibrate_maps(maps, s)
-        if cfg.self_attention and m.self_attn is not None:
+        if refine and cfg.self_attention and m.self_attn is not None:
             h = cal.refine_with_self_attention(h, m.self_attn)
         h = cal.upsample(h, m.image_hw)
         return cal.renormalize(h) if cfg.renormalize else h.clamp(0, 1)
 
-    raw = heat(torch.ones(n, dtype=torch.float64)).double()
+    ones = torch.ones(n, dtype=torch.float64)
+    raw = heat(ones).double()
     heatmaps = heat(scores).double()
     probs = cal.class_probabilities(heatmaps)
     return AlignmentResult(list(m.classes), probs.numpy(), heatmaps.numpy(), raw.numpy(), elbo.numpy(),
-                           scores.numpy(), m.caption)
+                           scores.numpy(), m.caption, unrefined=heat(ones, refine=False).double().numpy())
 
 
 class Aligner:
