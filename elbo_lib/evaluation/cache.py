@@ -32,7 +32,8 @@ def _hash(obj) -> str:
     return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-NOT_MODEL_FILES = ("quality.json", "README.md")  # reports next to the weights; they change no measurement
+# reports next to the weights and the thresholds chosen with them; they change no measurement
+NOT_MODEL_FILES = ("quality.json", "README.md", "thresholds.json")
 
 
 def _weights_fingerprint(f: Path, span: int = 1 << 20) -> str:
@@ -47,7 +48,8 @@ def _weights_fingerprint(f: Path, span: int = 1 << 20) -> str:
 def model_key(model: str | os.PathLike) -> str:
     """A local model directory is keyed by its configs' contents and, per weight file, its size and a hash
     of its first and last MiB (a fine-tune saved in place changes those bytes; hashing whole multi-GB
-    checkpoints on every call would be slow); reports such as the toy model's quality.json are excluded.
+    checkpoints on every call would be slow); reports such as the toy model's quality.json, and the thresholds
+    recorded with it (thresholds.json), are excluded.
     A hub id is keyed by its name."""
     path = Path(model)
     parts: dict = {"name": str(model)}

@@ -28,6 +28,7 @@ from .cache import input_bytes, measurement_caches
 from .metrics import best_threshold, bootstrap_miou, iou_at, miou, paired_drop, per_image_iu, size_buckets
 from .official import CLASS_IDS, PROJECT, halves, score_measurements, summarize_official
 from .plan import check_captions, make_plan
+from .thresholds import FILE as THRESHOLDS_FILE, record_heldout
 
 THRESHOLDS = np.round(np.arange(0.05, 1.0, 0.05), 2)
 
@@ -173,6 +174,8 @@ def summarize(scored: dict[str, Scored], cal_scored: dict[str, Scored] | None, d
         entry["reported_threshold"] = "heldout" if k_ho is not None else "oracle"
         out["variants"][name] = entry
     out["n_images"] = int(next(iter(scored.values())).inter.shape[0])
+    if cal_scored:
+        out["n_images_threshold_split"] = int(next(iter(cal_scored.values())).inter.shape[0])
     return out
 
 
@@ -324,6 +327,11 @@ def evaluate(model: str | os.PathLike = "data/toy-sd", dataset: str | Segmentati
             split_note["threshold_split"] = "none (oracle only)"
     else:
         metrics = summarize(scored, cal_scored, ds, thresholds, protocol.n_boot, seed)
+        # the held-out threshold of the official (or project) configuration on toy-val goes next to the weights,
+        # where `segment` finds it
+        preset = record_heldout(model, variants, metrics, split_note.get("threshold_split"), seed)
+        if preset is not None:
+            metrics["threshold_recorded"] = {"file": str(Path(model) / THRESHOLDS_FILE), "preset": preset}
         if ds.name in DATASETS:
             metrics["protocol"] = {"oracle": PROJECT, "heldout": PROJECT if cal_scored is not None else None}
     metrics.update(model=str(model), dataset=ds.name, seed=seed, limit=source.limit, split=split_note,
