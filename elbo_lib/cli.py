@@ -22,9 +22,10 @@ from .datasets.base import read_rgb
 from .elbo import NonFiniteError
 from .evaluation.official import heatmap_name, score_heatmaps, summary_lines, write_heatmaps, write_score
 from .evaluation.runner import Protocol, Source, evaluate, metrics_table
+from .evaluation.thresholds import choose as choose_threshold
 from .models import load_pipeline
 from .paths import CACHE_DIR
-from .plotting import mask_rgb, overlay, result_figure
+from .plotting import describe_figure, legend, mask_rgb, overlay, result_figure
 from .toy.world import untrained_words
 
 USAGE_ERRORS = (ValueError, TypeError, FileNotFoundError, NotADirectoryError, NotRunnable, NonFiniteError)
@@ -49,9 +50,11 @@ def _segment(a) -> int:
         for c in classes:
             heatmap_name(a.heatmap_index, c)
     warn_untrained(a.model, classes)
-    pipe = load_pipeline(a.model, device=a.device)
-    overrides = {"gamma": a.gamma} if a.gamma is not None else {}
-    aligner = Aligner(pipe, preset=a.preset, **overrides)
+    cfg = paper_config(a.model, a.preset, **({"gamma": a.gamma} if a.gamma is not None else {}))
+    threshold = choose_threshold(a.threshold, a.model, cfg, a.preset)  # before the model loads: a bad value stops here
+    if threshold.note:
+        print(threshold.note, file=sys.stderr)
+    aligner = Aligner(load_pipeline(a.model, device=a.device), cfg)
     res = aligner(rgb, classes, caption=a.caption, seed=a.seed)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -59,17 +62,21 @@ def _segment(a) -> int:
         slug = "".join(ch if ch.isalnum() else "_" for ch in c)
         Image.fromarray((res.heatmaps[i] * 255).round().astype(np.uint8)).save(out / f"heatmap_{i:02d}_{slug}.png")
         Image.fromarray((res.raw[i] * 255).round().astype(np.uint8)).save(out / f"raw_{i:02d}_{slug}.png")
+        Image.fromarray((res.unrefined[i] * 255).round().astype(np.uint8)).save(out / f"unrefined_{i:02d}_{slug}.png")
         Image.fromarray(overlay(rgb, res.heatmaps[i])).save(out / f"overlay_{i:02d}_{slug}.png")
-    mask = res.mask(a.threshold)
+    mask = res.mask(threshold.value)
     Image.fromarray(mask.astype(np.uint8)).save(out / "mask.png")
     Image.fromarray(mask_rgb(mask, len(classes))).save(out / "mask_color.png")
-    fig = result_figure(rgb, res, a.threshold)
+    fig = result_figure(rgb, res, threshold.value, threshold.source)
     fig.savefig(out / "overlay.png", dpi=100)
+    (out / "overlay.json").write_text(json.dumps(describe_figure(fig), indent=2))
     summary = {"image": str(a.image), "model": str(a.model), "classes": classes, "caption": res.caption,
-               "threshold": a.threshold, "seed": a.seed, "gamma": aligner.config.gamma, "preset": a.preset,
+               "threshold": threshold.value, "threshold_source": threshold.source, "seed": a.seed,
+               "gamma": aligner.config.gamma, "preset": a.preset,
                "scores": res.scores.tolist(), "elbo": res.elbo.tolist(),
                "elbo_total": res.elbo.sum(1).tolist(),
-               "mask_values": {"0": "background", **{str(i + 1): c for i, c in enumerate(classes)}}}
+               "mask_values": {"0": "background", **{str(i + 1): c for i, c in enumerate(classes)}},
+               "legend": legend(classes)}
     (out / "result.json").write_text(json.dumps(summary, indent=2))
     if a.save_heatmaps is not None:
         write_heatmaps(a.save_heatmaps, a.heatmap_index, classes, res.heatmaps)
@@ -121,7 +128,9 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--caption", default=None, help="caption naming every class (default: built from the classes)")
     s.add_argument("--model", default="data/toy-sd", help="pipeline directory or hub id")
     s.add_argument("--out", required=True)
-    s.add_argument("--threshold", type=float, default=0.4, help="background threshold in [0, 1]")
+    s.add_argument("--threshold", type=float, default=None,
+                   help="background threshold in [0, 1] (default: the held-out one recorded in the model directory's "
+                        "thresholds.json for this configuration, else DAAM's 0.4)")
     s.add_argument("--gamma", type=float, default=None)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--device", default=None)

@@ -10,26 +10,49 @@ import pytest
 from PIL import Image
 
 from elbo_lib import workbook
+from elbo_lib.evaluation.thresholds import read as read_thresholds
+from elbo_lib.toy.world import ToyObject, render
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.slow
-def test_segment_cli_on_toy_image(tmp_path, toy_image):
+def test_segment_cli_on_toy_image(tmp_path):
+    """The issue's scene: result.json and the figure say which threshold cut the mask and where it came from, the
+    key of the mask colours, and which map each panel shows."""
+    scene = render([ToyObject("red", "square", 18, 18, 10), ToyObject("yellow", "triangle", 46, 20, 11),
+                    ToyObject("purple", "square", 30, 46, 10)], 64, np.random.default_rng(0))
     img = tmp_path / "scene.png"
-    Image.fromarray(toy_image.image).save(img)
-    r = subprocess.run([sys.executable, "-m", "elbo_lib", "segment", str(img), "--classes", "red circle,blue star",
+    Image.fromarray(scene.image).save(img)
+    classes = ["red square", "yellow triangle", "purple square"]
+    r = subprocess.run([sys.executable, "-m", "elbo_lib", "segment", str(img), "--classes", ",".join(classes),
                         "--out", str(tmp_path / "out")], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     assert not foreign_lines(r.stderr), foreign_lines(r.stderr)
     out = tmp_path / "out"
-    for f in ("mask.png", "mask_color.png", "overlay.png", "result.json", "heatmap_00_red_circle.png",
-              "heatmap_01_blue_star.png", "overlay_00_red_circle.png", "raw_01_blue_star.png"):
+    for f in ("mask.png", "mask_color.png", "overlay.png", "overlay.json", "result.json", "heatmap_00_red_square.png",
+              "heatmap_01_yellow_triangle.png", "overlay_00_red_square.png", "raw_02_purple_square.png", "unrefined_01_yellow_triangle.png"):
         assert (out / f).exists(), f
     res = json.loads((out / "result.json").read_text())
-    assert len(res["scores"]) == 2 and min(res["scores"]) >= 1 / 3 - 1e-9 and max(res["scores"]) == 1.0
+    assert len(res["scores"]) == 3 and min(res["scores"]) >= 1 / 3 - 1e-9 and max(res["scores"]) == 1.0
+    recorded = read_thresholds(ROOT / "data" / "toy-sd")["official"]["threshold"]  # the held-out one, recorded
+    assert res["threshold"] == recorded and "warning: background threshold" not in r.stderr
+    assert res["threshold_source"] == "held-out on toy-val (data/toy-sd/thresholds.json)"
+    assert [e["label"] for e in res["legend"]] == ["background", *classes]
     mask = np.asarray(Image.open(out / "mask.png"))
-    assert mask.shape == (64, 64) and set(np.unique(mask)) <= {0, 1, 2}
+    colour = np.asarray(Image.open(out / "mask_color.png"))
+    assert mask.shape == (64, 64) and set(np.unique(mask)) <= {0, 1, 2, 3}
+    for e in res["legend"]:  # mask_color.png is drawn in the legend's colours
+        assert (colour[mask == e["mask_value"]] == e["rgb"]).all(), e
+    fig = json.loads((out / "overlay.json").read_text())
+    titles = [p["title"] for p in fig["panels"]]
+    for c in classes:
+        for what in ("raw cross-attention", "refined, uncalibrated", "calibrated\nS = "):
+            assert sum(t.startswith(f"{c}: {what}") for t in titles) == 1, (c, what, titles)
+    masks = [p for p in fig["panels"] if p["title"].startswith("mask")]
+    assert len(masks) == 2 and all(p["legend"] == ["background", *classes] for p in masks)
+    assert all(f"threshold {recorded:.2f}" in p["title"] and "held-out on toy-val" in p["title"] for p in masks)
+    assert any(p["ylabel"].startswith("heatmap value") for p in fig["panels"])  # the colour bar
 
 
 # a tqdm bar as the workbook's loops draw it: "desc:  50%|#####     | 1/2 [00:02<00:02,  2.34s/it]"
