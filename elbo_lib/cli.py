@@ -187,10 +187,16 @@ def main(argv=None) -> int:
     except (*USAGE_ERRORS, PeerStopped) as e:
         if a.debug:
             raise
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        # under accelerate launch the line says which process stopped (PeerStopped names itself), and starts a line
-        # of its own: another process's progress bar may be half drawn on the same terminal
-        label = process_label()
-        line = f"error: {msg}" if isinstance(e, PeerStopped) else f"error: {label}{msg}"
-        print(f"\n{line}" if label else line, file=sys.stderr)
-        return 1 if isinstance(e, PeerStopped) else 2
+        return report(e)
+
+
+def report(e: Exception) -> int:
+    """Print a usage error (or a peer process's stop) as one 'error:' line on stderr; the exit status: 2 for a
+    mistake in the input, 1 for a process stopped because another one did."""
+    msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    # under accelerate launch the line says which process stopped (PeerStopped names itself), and starts a line of
+    # its own: another process's progress bar may be half drawn on the same terminal
+    label = process_label()
+    line = f"error: {msg}" if isinstance(e, PeerStopped) else f"error: {label}{msg}"
+    print(f"\n{line}" if label else line, file=sys.stderr)
+    return 1 if isinstance(e, PeerStopped) else 2

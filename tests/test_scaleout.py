@@ -235,3 +235,81 @@ def test_a_crash_in_one_process_stops_the_run_with_its_error(tmp_path):
     lines = [ln for ln in re.split(r"[\r\n]", err) if ln.startswith("error: ")]
     assert any(ln.startswith("error: process 2 of 2: ") and f"{names[1]}.jpg" in ln for ln in lines), err[-3000:]
     assert list(out.iterdir()) == [] and "| calibrated" not in stdout
+
+
+# ---- make reproduce NPROC=N: the notebooks' measurements made beforehand ----------------------------------------------
+
+def test_notebook_fills_cover_the_notebooks_measurements():
+    from elbo_lib import workbook
+    full = {e.name: e.full for e in workbook.NOTEBOOKS}
+    toy = workbook.notebook_fills()
+    by = {(f.model, f.dataset, f.method, f.paper, f.nouns_only): f for f in toy}
+    assert len(by) == len(toy)  # each measurement once
+    superset_limit = max(full[n]["limit"] for n in ("table2_segmentation", "fig3_fig4_qualitative",
+                                                    "table6_elbo_timesteps", "table7_elbo_sampling",
+                                                    "table8_fixed_score", "table9_attention_timesteps", "fig7_gamma"))
+    for split in ("toy-test", "toy-val"):  # evaluate's threshold split is measured too
+        assert by[("data/toy-sd", split, "aligner", False, False)].limit == superset_limit
+        assert by[("data/toy-sd", split, "aligner", False, True)].limit == full["table4_noun_phrases"]["limit"]
+        assert by[("data/toy-sd-v", split, "aligner", True, False)].limit == full["table3_models"]["limit"]
+        assert by[("data/toy-sd", split, "DAAM", False, False)].limit == full["table2_segmentation"]["limit"]
+    assert toy[0].nouns_only and toy[0].method == "aligner"  # the single-noun fill makes the noun-phrase one too
+    real = workbook.notebook_fills(extra={"model": "M", "models": ["M"], "datasets": ["voc"], "dataset": "voc",
+                                          "data_root": "/d", "image_lists": str(VOC.parent)})
+    listed = str(VOC / "val_id.txt")
+    keys = {(f.dataset, f.image_list, f.method, f.paper, f.nouns_only): f.limit for f in real}
+    assert {d for d, *_ in keys} == {"voc"}  # no threshold split on real data
+    assert keys[("voc", listed, "aligner", False, False)] is None  # Table II: the authors' list, every image
+    assert keys[("voc", listed, "Semantic DiffSeg", False, False)] is None
+    assert keys[("voc", None, "aligner", False, True)] is None  # Table IV: the default list
+    assert keys[("voc", None, "aligner", True, False)] is None  # Table III: the paper's configuration of M
+    assert keys[("voc", None, "DAAM", False, False)] == full["fig3_fig4_qualitative"]["limit"]  # Figs. 3-4's subset
+    only = workbook.notebook_fills(["table8_fixed_score"])
+    assert {(f.dataset, f.method, f.nouns_only) for f in only} == {("toy-test", "aligner", False),
+                                                                   ("toy-val", "aligner", False)}
+
+
+@pytest.mark.slow
+def test_fill_cache_in_two_processes_then_the_notebook_measures_nothing(tmp_path):
+    """`make reproduce NPROC=2`'s first step on the VOC fixture (Table II: ELBO-T2IAlign's superset and the
+    baselines on the authors' list; Table III: the paper's configuration; Table IV: the single-noun ELBO): both
+    processes measure, and the notebooks then run from the cache (no process's rate record grows)."""
+    from elbo_lib.datasets import official_categories
+    from elbo_lib.models.random_init import tiny_sd_pipeline
+    model = tmp_path / "tiny-voc"
+    tiny_sd_pipeline(words=tuple(k for k, _ in official_categories("voc"))).save_pretrained(model)
+    data = tmp_path / "voc"  # Tables III and IV read the default list: the authors' copied to val.txt
+    shutil.copytree(VOC / "data", data)
+    (data / "VOCdevkit" / "VOC2012" / "ImageSets" / "Segmentation").mkdir(parents=True)
+    shutil.copy(VOC / "val_id.txt", data / "VOCdevkit" / "VOC2012" / "ImageSets" / "Segmentation" / "val.txt")
+    env = _env(tmp_path)
+    common = ["--quick", "--model", str(model), "--data-root", str(data), "--datasets", "voc",
+              "--image-lists", str(VOC.parent), "--only", "table2_segmentation,table3_models,table4_noun_phrases",
+              "--device", "cpu"]
+    t0 = time.time()
+    p = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                        "--main_process_port", str(_free_port()), "-m", "elbo_lib.workbook", "--fill-cache", *common],
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert p.returncode == 0, p.stderr[-3000:]
+    print(f"fill, 2 processes: {time.time() - t0:.1f} s")
+    assert "[workbook] filled" in p.stdout and p.stdout.count("[workbook] filled") == 1
+    filled = _images_measured(tmp_path / "cache")
+    assert filled.get("rate-cpu.json", 0) > 0 and filled.get("rate-cpu.p1.json", 0) > 0, filled
+    t0 = time.time()
+    p = subprocess.run([sys.executable, "-m", "elbo_lib.workbook", *common, "--out", str(tmp_path / "figs")], cwd=ROOT,
+                       env=env, capture_output=True, text=True, timeout=900)
+    assert p.returncode == 0, p.stderr[-3000:]
+    print(f"notebooks from the cache: {time.time() - t0:.1f} s")
+    for name in ("table2_segmentation", "table3_models", "table4_noun_phrases"):
+        assert (tmp_path / "figs" / f"{name}.csv").exists(), name
+    assert _images_measured(tmp_path / "cache") == filled  # the notebooks measured nothing
+
+
+def test_fill_cache_mistakes_are_one_line(tmp_path, capsys):
+    from elbo_lib import workbook
+    argv = ["--fill-cache", "--model", "m", "--data-root", str(tmp_path), "--datasets", "voc", "--only",
+            "table8_fixed_score"]
+    assert workbook.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: ") and "PASCAL VOC 2012" in err[-1] and len(err) == 1

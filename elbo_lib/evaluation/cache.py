@@ -153,6 +153,10 @@ class MeasurementCache:
         p = self._path(image_id, inputs)
         return p.stat().st_size if p.exists() else 0
 
+    def has(self, image_id: str, inputs: bytes) -> bool:
+        """Whether a measurement of ``image_id`` made from exactly ``inputs`` is here (without reading it)."""
+        return self._path(image_id, inputs).exists()
+
     def get(self, image_id: str, inputs: bytes) -> Measurement | None:
         """The cached measurement of ``image_id`` made from exactly ``inputs`` (see ``input_bytes``), if any."""
         p = self._path(image_id, inputs)

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from ..ablations import Variant, paper_config, paper_variants
 from ..aligner import AlignConfig, Aligner
-from ..baselines import Baseline, get_baseline
+from ..baselines import Baseline, NotRunnable, get_baseline
 from ..datasets import DATASETS, SegmentationDataset, get_dataset
 from ..models import adapter_for, default_device_dtype, load_pipeline
 from ..timing import denoiser_passes
@@ -58,10 +58,11 @@ def measure_dataset(model: str | os.PathLike, dataset: SegmentationDataset, cfg:
 def measure_images(model: str | os.PathLike, dataset: SegmentationDataset, cfg: AlignConfig, indices, seed: int = 0,
                    cache_dir: str | os.PathLike | None = None, pipe=None, nouns_only_elbo: bool = False,
                    desc: str | None = None, device: str | None = None, baseline: Baseline | None = None,
-                   keep_empty: bool = False, on_first=None, procs: Processes = Processes()):
+                   keep_empty: bool = False, on_first=None, procs: Processes = Processes(), skip_cached: bool = False):
     """:func:`measure_dataset` over the images ``indices`` of ``dataset``, yielding (index, sample, measurement):
     one process's share of a scaled-out run (``procs``: its rate record, and a progress bar on the main process
-    only)."""
+    only). ``skip_cached``: an image whose cache files exist is passed over without reading them (filling the
+    cache)."""
     elbo = baseline.elbo if baseline is not None else True
     cache, noun_cache, noun_idx = measurement_caches(cache_dir, model, cfg, seed, baseline, nouns_only_elbo)
     aligner = None
@@ -74,6 +75,8 @@ def measure_images(model: str | os.PathLike, dataset: SegmentationDataset, cfg: 
         phrases = dataset.phrases(sample.class_ids)
         caption = _caption(sample, phrases, cfg)
         inputs = input_bytes(sample.image, caption)
+        if skip_cached and all(c.has(sample.id, inputs) for c in (cache, noun_cache) if c is not None):
+            continue
         m = noun_cache.get(sample.id, inputs) if noun_cache is not None else None
         if m is not None and m.classes == phrases:
             yield i, sample, m
@@ -293,46 +296,16 @@ def evaluate(model: str | os.PathLike = "data/toy-sd", dataset: str | Segmentati
         raise ValueError(f"held-out {protocol.heldout!r}: on {name} the official protocol's held-out column is "
                          "cross-fitted ('auto') or left out (None/'none'); a fraction or a dataset is the project "
                          "protocol's (--protocol project)")
-    ds = dataset if isinstance(dataset, SegmentationDataset) else get_dataset(
-        dataset, source.data_root, cache_dir=None, image_list=source.image_list, class_words=source.class_words,
-        labels="official" if official else None)
-    if official and getattr(ds, "labels", None) != "official":
-        raise ValueError(f"the official protocol reads labels as the authors do: load {ds.name!r} with "
-                         "labels='official', or score it with the project protocol (real='project')")
+    ds = _dataset(dataset, source, official)
     if config is None:
         config = Aligner(source.pipe).config if source.pipe is not None else paper_config(model)
     variants = variants or paper_variants(config)
     thresholds = np.asarray(protocol.thresholds)
     heldout = heldout_default(ds.name) if protocol.heldout == "auto" else protocol.heldout
-    # one measurement per method: ELBO-T2IAlign's, then each baseline's (shared where settings coincide)
-    groups = [(config, None, variants, "ELBO-T2IAlign")]
-    for bname in baselines:
-        b = get_baseline(bname)
-        bcfg = dataclasses.replace(config, **b.measure_overrides)
-        groups.append((bcfg, b, [Variant(b.name, bcfg, heatmaps=b.heatmaps)], b.name))
+    groups = _groups(config, variants, baselines)
     procs = processes(source.device)
     device = procs.device if procs.count > 1 else source.device  # each process of a scaled-out run: its own
-    pipe, first = source.pipe, {}
-    if ds.name in DATASETS and procs.is_main:  # say what will be measured, and refuse captions that do not fit,
-        # before any model work
-        dev_type = adapter_for(pipe).device.type if pipe is not None else default_device_dtype(device)[0]
-        n = len(ds) if source.limit is None else min(source.limit, len(ds))
-        plan = make_plan(model, ds, [(g[0], g[1], g[3]) for g in groups], seed, n, source.cache_dir,
-                         dev_type.split(":")[0], source.nouns_only_elbo, procs.count)
-        print(plan.line(), flush=True)
-        if plan.to_measure:
-            pipe = pipe if pipe is not None else load_pipeline(model, device=device)
-            check_captions(Aligner(pipe, config), ds, plan, config)
-        if not plan.rate_recorded:  # a first run of this model here: say what the first image took
-            first = {g[3]: (lambda s, p, b, m=g[3]: tqdm.write(plan.first_image_line(m, s, p, b))) for g in groups}
-    if procs.count > 1:  # settings.json written by one process; nobody measures before the plan and captions
-        if procs.is_main:
-            for g in groups:
-                for cache in measurement_caches(source.cache_dir, model, g[0], seed, g[1],
-                                                source.nouns_only_elbo and g[1] is None)[:2]:
-                    if cache is not None:
-                        cache.write_settings()
-        procs.barrier()
+    pipe, first = _prepare(model, ds, groups, seed, source, procs, device)
     split_note = {"evaluated": ds.name}
     scored, cal_scored, official_scored, official_info = {}, ({} if heldout else None), {}, {}
     cal_ds = (get_dataset(heldout, source.data_root, class_words=source.class_words)
@@ -398,6 +371,82 @@ def evaluate(model: str | os.PathLike = "data/toy-sd", dataset: str | Segmentati
     if out is not None:
         write_outputs(metrics, Path(out))
     return metrics
+
+
+def _dataset(dataset: str | SegmentationDataset, source: Source, official: bool) -> SegmentationDataset:
+    ds = dataset if isinstance(dataset, SegmentationDataset) else get_dataset(
+        dataset, source.data_root, cache_dir=None, image_list=source.image_list, class_words=source.class_words,
+        labels="official" if official else None)
+    if official and getattr(ds, "labels", None) != "official":
+        raise ValueError(f"the official protocol reads labels as the authors do: load {ds.name!r} with "
+                         "labels='official', or score it with the project protocol (real='project')")
+    return ds
+
+
+def _groups(config: AlignConfig, variants: list[Variant], baselines) -> list[tuple]:
+    """One measurement per method: ELBO-T2IAlign's, then each baseline's (shared where settings coincide), as
+    (config, baseline or None, its variants, label)."""
+    groups = [(config, None, variants, "ELBO-T2IAlign")]
+    for bname in baselines:
+        b = get_baseline(bname)
+        bcfg = dataclasses.replace(config, **b.measure_overrides)
+        groups.append((bcfg, b, [Variant(b.name, bcfg, heatmaps=b.heatmaps)], b.name))
+    return groups
+
+
+def _prepare(model, ds: SegmentationDataset, groups, seed: int, source: Source, procs: Processes, device):
+    """Before any model work on a real dataset, the main process says what will be measured and refuses captions
+    that do not fit; with several processes it writes each cache's settings.json (one writer) and nobody measures
+    before it is done. Returns the pipeline loaded for the caption check (or ``source.pipe``) and the first-image
+    reports by group label."""
+    pipe, first = source.pipe, {}
+    if ds.name in DATASETS and procs.is_main:
+        dev_type = adapter_for(pipe).device.type if pipe is not None else default_device_dtype(device)[0]
+        n = len(ds) if source.limit is None else min(source.limit, len(ds))
+        plan = make_plan(model, ds, [(g[0], g[1], g[3]) for g in groups], seed, n, source.cache_dir,
+                         dev_type.split(":")[0], source.nouns_only_elbo, procs.count)
+        print(plan.line(), flush=True)
+        if plan.to_measure:
+            pipe = pipe if pipe is not None else load_pipeline(model, device=device)
+            check_captions(Aligner(pipe, groups[0][0]), ds, plan, groups[0][0])
+        if not plan.rate_recorded:  # a first run of this model here: say what the first image took
+            first = {g[3]: (lambda s, p, b, m=g[3]: tqdm.write(plan.first_image_line(m, s, p, b))) for g in groups}
+    if procs.count > 1:
+        if procs.is_main:
+            for g in groups:
+                for cache in measurement_caches(source.cache_dir, model, g[0], seed, g[1],
+                                                source.nouns_only_elbo and g[1] is None)[:2]:
+                    if cache is not None:
+                        cache.write_settings()
+        procs.barrier()
+    return pipe, first
+
+
+def fill_cache(model: str | os.PathLike, dataset: str | SegmentationDataset, config: AlignConfig, baselines=(),
+               seed: int = 0, source: Source = Source(), official: bool = True) -> None:
+    """Measure what :func:`evaluate` with these arguments would measure (ELBO-T2IAlign's ``config`` and each
+    baseline's, on ``dataset``'s first ``source.limit`` images) into the cache, scoring nothing; under
+    ``accelerate launch`` each process measures its share. ``official``: on a real dataset, the labels read as the
+    official protocol reads them (they decide each image's classes, so its caption and cache file).
+    ``make reproduce NPROC=N`` fills the cache for the notebooks this way, then runs them from it."""
+    name = dataset.name if isinstance(dataset, SegmentationDataset) else dataset
+    ds = _dataset(dataset, source, official and name in DATASETS)
+    groups = _groups(config, [], baselines)
+    procs = processes(source.device)
+    device = procs.device if procs.count > 1 else source.device
+    pipe, first = _prepare(model, ds, groups, seed, source, procs, device)
+    n = len(ds) if source.limit is None else min(source.limit, len(ds))
+    for gcfg, baseline, _, label in groups:
+        method = baseline.method if baseline is not None else "aligner"
+        try:
+            for _ in measure_images(model, ds, gcfg, procs.shard(n), seed, source.cache_dir, pipe,
+                                    source.nouns_only_elbo and baseline is None, f"fill cache {ds.name} [{method}]",
+                                    device, baseline, on_first=first.get(label), procs=procs, skip_cached=True):
+                pass
+        except NotRunnable as e:  # e.g. a UNet-only baseline on an MMDiT: the notebook gives it a note row
+            if procs.is_main:
+                tqdm.write(f"[fill cache] {ds.name}: {e}")
+    procs.barrier()  # the cache is complete when every process is done
 
 
 def metrics_table(metrics: dict) -> pd.DataFrame:
