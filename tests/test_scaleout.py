@@ -313,3 +313,15 @@ def test_fill_cache_mistakes_are_one_line(tmp_path, capsys):
     assert workbook.main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("error: ") and "PASCAL VOC 2012" in err[-1] and len(err) == 1
+
+
+def test_accelerate_cpu_flag_with_several_processes_is_one_line(tmp_path):
+    """accelerate 1.15's `launch --cpu --num_processes 2` starts one process (without mpirun): the run says so."""
+    p = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2",
+                        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                        "--main_process_port", str(_free_port()), "-m", "elbo_lib", "evaluate", "--limit", "1",
+                        "--cache-dir", str(tmp_path / "c"), "--out", str(tmp_path / "o")],
+                       cwd=ROOT, env=_env(tmp_path), capture_output=True, text=True, timeout=300)
+    assert p.returncode != 0 and not (tmp_path / "o").exists() and not (tmp_path / "c").exists()
+    assert p.stderr.count("error: ") == 1 and "error: accelerate launch --cpu started one process" in p.stderr, \
+        p.stderr[-2000:]
