@@ -153,6 +153,8 @@ def test_two_processes_give_the_metrics_of_one_bit_for_bit(tmp_path):
     # images 0, 2 of each split by process 0 and 1, 3 by process 1: no image measured twice, none left out
     assert counts == {"rate-cpu.json": 4, "rate-cpu.p1.json": 4}, counts
     assert sum(counts.values()) == len(files)
+    (settings,) = (tmp_path / "cache2").rglob("settings.json")  # written once, by the main process, before anyone
+    assert settings.stat().st_mtime_ns <= min(f.stat().st_mtime_ns for f in files)  # measured
 
 
 def _worker_pid(launcher: int, rank: int) -> int | None:
