@@ -1,6 +1,7 @@
 """Scale-out with accelerate (docs/scale-out.md): shares, the process group's errors, the rate records of several
 processes, and `accelerate launch` runs on the CPU (gloo): 2 processes give the metrics of 1 bit for bit, a killed
 run's relaunch measures only the rest, a crash in one process stops the run without metrics."""
+import inspect
 import json
 import os
 import re
@@ -14,9 +15,13 @@ from pathlib import Path
 
 import pytest
 
+import elbo_lib.experiments as ex
+from elbo_lib import workbook
+from elbo_lib.datasets import official_categories
 from elbo_lib.evaluation.cache import MeasurementCache, measurement_files
 from elbo_lib.evaluation.plan import MeasurementPlan, Plan
 from elbo_lib.evaluation.scaleout import Processes, process_label, processes
+from elbo_lib.models.random_init import tiny_sd_pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
 VOC = ROOT / "tests" / "fixtures" / "realdata" / "voc"
@@ -179,8 +184,6 @@ def test_a_killed_process_is_resumed_by_measuring_only_the_rest(tmp_path):
     """VOC fixture, the official protocol, 2 processes: one process SIGKILLed after the first images stops the run
     (no metrics); the relaunch measures exactly the images without a cache file, leaves the others untouched,
     and gives the metrics of one uninterrupted process."""
-    from elbo_lib.datasets import official_categories
-    from elbo_lib.models.random_init import tiny_sd_pipeline
     model = tmp_path / "tiny-voc"
     tiny_sd_pipeline(words=tuple(k for k, _ in official_categories("voc"))).save_pretrained(model)
     env = _env(tmp_path)
@@ -224,8 +227,6 @@ def test_a_crash_in_one_process_stops_the_run_with_its_error(tmp_path):
     shutil.copytree(VOC / "data", data)
     names = (VOC / "val_id.txt").read_text().split()
     (data / "VOCdevkit" / "VOC2012" / "JPEGImages" / f"{names[1]}.jpg").write_bytes(b"not a jpeg")
-    from elbo_lib.datasets import official_categories
-    from elbo_lib.models.random_init import tiny_sd_pipeline
     model = tmp_path / "tiny-voc"
     tiny_sd_pipeline(words=tuple(k for k, _ in official_categories("voc"))).save_pretrained(model)
     out = tmp_path / "out"
@@ -242,7 +243,8 @@ def test_a_crash_in_one_process_stops_the_run_with_its_error(tmp_path):
 # ---- make reproduce NPROC=N: the notebooks' measurements made beforehand ----------------------------------------------
 
 def test_notebook_fills_cover_the_notebooks_measurements():
-    from elbo_lib import workbook
+    assert workbook.METHOD_BASELINES == inspect.signature(ex.method_heatmaps).parameters["baselines"].default
+    assert workbook.TOY_DEFAULT == ex.TOY_MODELS[0]
     full = {e.name: e.full for e in workbook.NOTEBOOKS}
     toy = workbook.notebook_fills()
     by = {(f.model, f.dataset, f.method, f.paper, f.nouns_only): f for f in toy}
@@ -276,8 +278,6 @@ def test_fill_cache_in_two_processes_then_the_notebook_measures_nothing(tmp_path
     """`make reproduce NPROC=2`'s first step on the VOC fixture (Table II: ELBO-T2IAlign's superset and the
     baselines on the authors' list; Table III: the paper's configuration; Table IV: the single-noun ELBO): both
     processes measure, and the notebooks then run from the cache (no process's rate record grows)."""
-    from elbo_lib.datasets import official_categories
-    from elbo_lib.models.random_init import tiny_sd_pipeline
     model = tmp_path / "tiny-voc"
     tiny_sd_pipeline(words=tuple(k for k, _ in official_categories("voc"))).save_pretrained(model)
     data = tmp_path / "voc"  # Tables III and IV read the default list: the authors' copied to val.txt
@@ -309,7 +309,6 @@ def test_fill_cache_in_two_processes_then_the_notebook_measures_nothing(tmp_path
 
 
 def test_fill_cache_mistakes_are_one_line(tmp_path, capsys):
-    from elbo_lib import workbook
     argv = ["--fill-cache", "--model", "m", "--data-root", str(tmp_path), "--datasets", "voc", "--only",
             "table8_fixed_score"]
     assert workbook.main(argv) == 2
