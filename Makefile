@@ -4,6 +4,8 @@
 #   make reproduce    run every notebook with full-size parameters; figures/ + figures/README.md
 #   make reproduce MODEL=stabilityai/stable-diffusion-2-1-base DATA_ROOT=/data DATASETS="voc context coco-object ade20k" DEVICE=cuda
 #                  [IMAGE_LISTS=elbo-t2ialign/metadata]   real data: every image of each list, the authors' evaluation
+#                  [NPROC=N]   first measure what the notebooks will measure in N processes (accelerate launch, one
+#                              GPU each; on CPUs with DEVICE=cpu), then run the notebooks from that cache (docs/scale-out.md)
 #   make toy-model    train the toy model from scratch (resumable); TRAIN_ARGS="--device cuda --batch 128 ..."; ARCH=v / sd3: the v-prediction / SD 3-shaped one
 #   make toy-check    the toy model's quality gates -> data/toy-sd/quality.json (ARCH=v / sd3: data/toy-sd-v / data/toy-sd3)
 #   make explore      the widget explorer as a web page (Voila) on http://127.0.0.1:8866 (PORT=...)
@@ -41,7 +43,15 @@ notebooks: venv
 	$(PY) -m jupytext --to ipynb --update notebooks/*.py
 	$(PY) -m elbo_lib.workbook --quick --in-place
 
+# NPROC > 1: papermill runs each notebook in one kernel, so the notebooks' measurements are made beforehand by
+# N processes under accelerate launch (every choice given: no accelerate config file or prompt is needed)
+NPROC ?= 1
+LAUNCH = .venv/bin/accelerate launch --multi_gpu --num_processes $(NPROC) --num_machines 1 --mixed_precision no \
+         --dynamo_backend no --main_process_port 0
+
 reproduce: venv
+	$(if $(shell echo '$(NPROC)' | grep -Ex '[1-9][0-9]*'),,$(error NPROC must be a whole number >= 1, got '$(NPROC)'))
+	$(if $(filter-out 1,$(NPROC)),$(LAUNCH) -m elbo_lib.workbook --fill-cache $(REPRO_ARGS))
 	$(PY) -m elbo_lib.workbook $(REPRO_ARGS)
 
 # ARCH=sd: data/toy-sd (epsilon UNet); ARCH=v: data/toy-sd-v (v-prediction UNet); ARCH=sd3: data/toy-sd3 (SD 3-shaped

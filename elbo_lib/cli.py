@@ -1,6 +1,8 @@
 """Command line: ``python -m elbo_lib segment IMAGE --classes "a,b" --out DIR``,
 ``python -m elbo_lib evaluate --model data/toy-sd --dataset toy-test --out DIR`` and
 ``python -m elbo_lib score --heatmaps DIR --dataset voc --data-root ROOT`` (the authors' real-data scoring).
+``accelerate launch --num_processes N -m elbo_lib evaluate ...`` shares the images among N processes
+(docs/scale-out.md).
 
 A mistake in the input ends with one line on stderr that names it and exit status 2; ``--debug``
 shows the traceback instead."""
@@ -22,6 +24,7 @@ from .datasets.base import read_rgb
 from .elbo import NonFiniteError
 from .evaluation.official import heatmap_name, score_heatmaps, summary_lines, write_heatmaps, write_score
 from .evaluation.runner import Protocol, Source, evaluate, metrics_table
+from .evaluation.scaleout import PeerStopped, finish, process_label, processes
 from .evaluation.thresholds import choose as choose_threshold
 from .models import load_pipeline
 from .paths import CACHE_DIR
@@ -105,7 +108,9 @@ def _evaluate(a) -> int:
                  source=Source(data_root=a.data_root, image_list=a.image_list, class_words=a.class_words,
                                limit=a.limit, cache_dir=a.cache_dir, device=a.device),
                  out=a.out)
-    print(metrics_table(m).to_markdown(index=False, floatfmt=".3f"))
+    if m is not None:  # under accelerate launch, the main process alone has the metrics
+        print(metrics_table(m).to_markdown(index=False, floatfmt=".3f"))
+    finish(processes(a.device))
     return 0
 
 
@@ -161,7 +166,9 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--n-boot", type=int, default=1000)
     e.add_argument("--elbo-steps", type=int, default=None, help="ELBO timesteps (default: the paper's 20)")
     e.add_argument("--attention-steps", type=int, default=None, help="attention timesteps (default: the paper's 10)")
-    e.add_argument("--device", default=None)
+    e.add_argument("--device", default=None,
+                   help="cpu, cuda, ...; under accelerate launch with several processes each takes its own GPU "
+                        "(--device cpu: all on the CPU; docs/scale-out.md)")
     e.add_argument("--out", required=True)
     e.set_defaults(func=_evaluate)
     c = sub.add_parser("score", help="score heatmaps in the authors' format with their real-data protocol")
@@ -186,9 +193,19 @@ def main(argv=None) -> int:
     a = parser().parse_args(argv)
     try:
         return a.func(a)
-    except USAGE_ERRORS as e:
+    except (*USAGE_ERRORS, PeerStopped) as e:
         if a.debug:
             raise
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        print(f"error: {msg}", file=sys.stderr)
-        return 2
+        return report(e)
+
+
+def report(e: Exception) -> int:
+    """Print a usage error (or a peer process's stop) as one 'error:' line on stderr; the exit status: 2 for a
+    mistake in the input, 1 for a process stopped because another one did."""
+    msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    # under accelerate launch the line says which process stopped (PeerStopped names itself), and starts a line of
+    # its own: another process's progress bar may be half drawn on the same terminal
+    label = process_label()
+    line = f"error: {msg}" if isinstance(e, PeerStopped) else f"error: {label}{msg}"
+    print(f"\n{line}" if label else line, file=sys.stderr)
+    return 1 if isinstance(e, PeerStopped) else 2

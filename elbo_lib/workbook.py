@@ -3,13 +3,21 @@
     python -m elbo_lib.workbook                       # full-size toy run -> figures/, figures/notebooks/
     python -m elbo_lib.workbook --quick --in-place    # re-execute the committed (nbval-sized) notebooks
     python -m elbo_lib.workbook --model M --data-root R --datasets "voc ade20k" --device cuda [--image-lists DIR]
+    accelerate launch --multi_gpu --num_processes N -m elbo_lib.workbook --fill-cache ...   # make reproduce NPROC=N
 
 On real datasets every notebook that scores (Tables II-IX, Fig. 7) runs on every image of each list, with the
 authors' evaluation ("official") and a cross-fitted held-out column; Figs. 3-4 keep their 200-image subset.
+
+Scale-out (``make reproduce NPROC=N``, docs/scale-out.md): papermill runs each notebook in one kernel, so the
+notebooks' own measurement is not shared among processes. Instead ``--fill-cache`` under ``accelerate launch``
+measures, image by image in N processes, what the notebooks will measure (:data:`FILLS`), and the notebooks then
+run from the filled cache, as a rerun does.
 """
 from __future__ import annotations
 
 import argparse
+import ast
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -20,7 +28,11 @@ import nbformat
 import pandas as pd
 import papermill as pm
 
-from .datasets import DATASETS
+from .ablations import paper_config, superset_config
+from .cli import USAGE_ERRORS, report
+from .datasets import DATASETS, authors_image_list
+from .evaluation.runner import Source, fill_cache, heldout_default
+from .evaluation.scaleout import PeerStopped, finish, processes
 from .paths import REPO_ROOT
 
 REPO = REPO_ROOT
@@ -119,6 +131,18 @@ def real_datasets(extra: dict | None) -> list[str]:
     return [d for d in (extra or {}).get("datasets", []) if d in DATASETS]
 
 
+def notebook_parameters(e: Entry, quick: bool = False, extra: dict | None = None) -> dict:
+    """The parameters papermill gives notebook ``e``: its full-size ones (none with ``quick``), the run's
+    model, datasets, ... where the notebook takes them, and no image cap on real datasets (unless capped)."""
+    params = {} if quick else dict(e.full)
+    accepted = parameters_of(REPO / "notebooks" / f"{e.name}.ipynb")
+    if not e.toy_only:
+        params.update({k: v for k, v in (extra or {}).items() if k in accepted})
+        if not quick and not e.capped_on_real and "limit" in accepted and real_datasets(extra):
+            params["limit"] = None  # every image of each real dataset's list (the paper's protocol)
+    return params
+
+
 def run_notebooks(only: list[str] | None = None, quick: bool = False, extra: dict | None = None,
                   figures: Path = REPO / "figures", executed_dir: Path | None = None) -> list[dict]:
     """Execute the notebooks with papermill; outputs go to ``figures``; executed notebooks replace the
@@ -133,13 +157,8 @@ def run_notebooks(only: list[str] | None = None, quick: bool = False, extra: dic
     for e in NOTEBOOKS:
         if only and e.name not in only:
             continue
-        params = {} if quick else dict(e.full)
+        params = notebook_parameters(e, quick, extra)
         nb = REPO / "notebooks" / f"{e.name}.ipynb"
-        accepted = parameters_of(nb)
-        if not e.toy_only:
-            params.update({k: v for k, v in (extra or {}).items() if k in accepted})
-            if not quick and not e.capped_on_real and "limit" in accepted and real_datasets(extra):
-                params["limit"] = None  # every image of each real dataset's list (the paper's protocol)
         t0 = time.time()
         print(f"[workbook] {e.name} {params}", flush=True)
         target = nb if executed_dir is None else executed_dir / nb.name
@@ -170,6 +189,95 @@ def clean_notebook(path: Path) -> None:
 def parameters_of(nb: Path) -> set[str]:
     cell = next(c for c in nbformat.read(nb, as_version=4).cells if "parameters" in c.metadata.get("tags", []))
     return {ln.split("=")[0].strip() for ln in cell.source.splitlines() if "=" in ln and not ln.startswith("#")}
+
+
+def parameter_values(nb: Path) -> dict:
+    """The values of a notebook's parameters cell (its defaults; every one is a literal)."""
+    cell = next(c for c in nbformat.read(nb, as_version=4).cells if "parameters" in c.metadata.get("tags", []))
+    return {t.id: ast.literal_eval(node.value) for node in ast.parse(cell.source).body
+            if isinstance(node, ast.Assign) for t in node.targets if isinstance(t, ast.Name)}
+
+
+@dataclass(frozen=True)
+class Fill:
+    """One measurement a notebook makes over a dataset: ELBO-T2IAlign's (the superset configuration, or the
+    paper's for ``paper``; with Table IV's single-noun ELBO for ``nouns_only``) or a baseline's (``method``), on
+    the first ``limit`` images (None: all) of ``dataset``'s ``image_list`` (None: its default list)."""
+
+    model: str
+    dataset: str
+    limit: int | None
+    method: str = "aligner"
+    paper: bool = False
+    nouns_only: bool = False
+    image_list: str | None = None
+
+
+# ex.method_heatmaps' default baselines (Figs. 3-4) and ex.TOY_MODELS[0] (Table III measures the superset on it);
+# spelled out because experiments imports this module (through recorded); a test keeps them equal
+METHOD_BASELINES = ("DAAM", "DiffSegmenter", "OVAM", "Semantic DiffSeg")
+TOY_DEFAULT = "data/toy-sd"
+
+
+def _evaluated(model: str, dataset: str, limit, methods=("aligner",), image_lists=None, **kw) -> list[Fill]:
+    """What ``ex.run`` (evaluate) measures: each method on ``dataset`` and, on a toy split, on its threshold split
+    (toy-val) with the same limit."""
+    names = [dataset] + ([heldout_default(dataset)] if isinstance(heldout_default(dataset), str) else [])
+    return [Fill(model, d, limit, m, image_list=None if (lst := authors_image_list(image_lists, d)) is None
+                 else str(lst), **kw) for d in names for m in methods]
+
+
+# each notebook's measurements from its parameters, as its cells make them (Fig. 1's toy studies, Table V's
+# generations, Fig. 6's edits and the cost timings are left to the notebooks: small, or not measurements)
+FILLS: dict[str, Callable[[dict], list[Fill]]] = {
+    "table2_segmentation": lambda p: [f for d in p["datasets"] for f in _evaluated(
+        p["model"], d, p["limit"], ("aligner", *p["baselines"]), p.get("image_lists"))],
+    "fig3_fig4_qualitative": lambda p: [Fill(p["model"], p["dataset"], p["limit"], m)  # no threshold split
+                                        for m in ("aligner", *METHOD_BASELINES)],
+    "table3_models": lambda p: [f for m in p["models"] for f in _evaluated(
+        m, p["dataset"], p["limit"], paper=m != TOY_DEFAULT)],  # the toy default: Table II's superset
+    "table4_noun_phrases": lambda p: _evaluated(p["model"], p["dataset"], p["limit"], nouns_only=True),
+    "table6_elbo_timesteps": lambda p: _evaluated(p["model"], p["dataset"], p["limit"]),
+    "table7_elbo_sampling": lambda p: _evaluated(p["model"], p["dataset"], p["limit"]),
+    "table8_fixed_score": lambda p: _evaluated(p["model"], p["dataset"], p["limit"]),
+    "table9_attention_timesteps": lambda p: _evaluated(p["model"], p["dataset"], p["limit"]),
+    "fig7_gamma": lambda p: [f for d in p["datasets"] for f in _evaluated(p["model"], d, p["limit"])],
+}
+
+
+def notebook_fills(only: list[str] | None = None, quick: bool = False, extra: dict | None = None) -> list[Fill]:
+    """The measurements the notebooks of a run will make, each once at the largest limit any asks for."""
+    largest: dict[tuple, Fill] = {}
+    for e in NOTEBOOKS:
+        if e.name not in FILLS or only and e.name not in only:
+            continue
+        params = {**parameter_values(REPO / "notebooks" / f"{e.name}.ipynb"), **notebook_parameters(e, quick, extra)}
+        for f in FILLS[e.name](params):
+            key = (f.model, f.dataset, f.image_list, f.method, f.paper, f.nouns_only)
+            size = math.inf if f.limit is None else f.limit
+            if key not in largest or size > (math.inf if largest[key].limit is None else largest[key].limit):
+                largest[key] = f
+    # ELBO-T2IAlign's measurement first: a single-noun fill also makes the noun-phrase one, and each baseline's
+    # reads none of it
+    return sorted(largest.values(), key=lambda f: (f.method != "aligner", not f.nouns_only))
+
+
+def fill_notebook_caches(only: list[str] | None = None, quick: bool = False, extra: dict | None = None) -> int:
+    """Measure what the notebooks will measure into the cache, each process of ``accelerate launch`` its share
+    of every dataset's images; returns how many measurements were filled."""
+    extra = extra or {}
+    fills = notebook_fills(only, quick, extra)
+    for i, f in enumerate(fills):
+        cfg = paper_config(f.model) if f.paper else superset_config(f.model)
+        baselines = () if f.method == "aligner" else (f.method,)
+        if processes(extra.get("device")).is_main:
+            print(f"[workbook] fill cache {i + 1}/{len(fills)}: {f.dataset} [{f.method}"
+                  f"{', single nouns' if f.nouns_only else ''}], {f.model}, "
+                  f"{'all' if f.limit is None else f'first {f.limit}'} images", flush=True)
+        fill_cache(f.model, f.dataset, cfg, baselines, source=Source(
+            data_root=extra.get("data_root"), image_list=f.image_list, limit=f.limit, device=extra.get("device"),
+            nouns_only_elbo=f.nouns_only))
+    return len(fills)
 
 
 def _recorded_seconds(nb: Path) -> float | str:
@@ -221,6 +329,9 @@ def main(argv=None) -> int:
                         "ade20k/); default: each dataset's own list")
     p.add_argument("--device", default=None)
     p.add_argument("--index-only", action="store_true")
+    p.add_argument("--fill-cache", action="store_true",
+                   help="only measure what the notebooks will measure, into the cache (under accelerate launch: "
+                        "each process its share; make reproduce NPROC=N); runs no notebook")
     p.add_argument("--out", default=None, help="figures directory (default figures/, or .cache/quick-figures with --quick)")
     p.add_argument("--in-place", action="store_true",
                    help="save executed notebooks over notebooks/*.ipynb (how the committed, nbval-checked notebooks "
@@ -235,9 +346,20 @@ def main(argv=None) -> int:
     if a.model:
         extra["models"] = [a.model]
     t0 = time.time()
+    only = a.only.split(",") if a.only else None
+    if a.fill_cache:
+        try:
+            n = fill_notebook_caches(only, a.quick, extra)
+        except (*USAGE_ERRORS, PeerStopped) as e:  # one line naming the process and what was wrong
+            return report(e)
+        procs = processes(a.device)
+        if procs.is_main:
+            print(f"[workbook] filled {n} measurement(s) in {time.time() - t0:.0f} s")
+        finish(procs)
+        return 0
     figures = Path(a.out).resolve() if a.out else REPO / (".cache/quick-figures" if a.quick else "figures")
     executed = None if a.in_place else figures / "notebooks"
-    log = [] if a.index_only else run_notebooks(a.only.split(",") if a.only else None, a.quick, extra, figures, executed)
+    log = [] if a.index_only else run_notebooks(only, a.quick, extra, figures, executed)
     print(write_index(log, figures))
     print(f"[workbook] total {time.time() - t0:.0f} s")
     return 0

@@ -90,6 +90,17 @@ def load_measurement(path: str | os.PathLike) -> Measurement:
         raise ValueError(f"{path} is not a measurement file written by elbo_lib ({e}); delete it to re-measure") from e
 
 
+def _read_rate(path: Path) -> dict:
+    try:
+        rec = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not a rate record written by elbo_lib ({e}); delete it") from e
+    if not isinstance(rec, dict) or not all(isinstance(rec.get(k), (int, float)) and rec[k] > 0
+                                            for k in ("seconds", "passes", "images")):
+        raise ValueError(f"{path} is not a rate record written by elbo_lib; delete it")
+    return rec
+
+
 def _stem(image_id: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", image_id)
 
@@ -114,38 +125,53 @@ class MeasurementCache:
 
     def rate(self, device: str) -> dict | None:
         """What earlier runs of this model on ``device`` (a torch device type) measured: seconds, denoiser passes,
-        images and cache bytes, summed (``record_rate``); None before the first."""
-        path = self.model_dir / f"rate-{device}.json"
-        if not path.exists():
-            return None
-        try:
-            rec = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path} is not a rate record written by elbo_lib ({e}); delete it") from e
-        if not all(isinstance(rec.get(k), (int, float)) and rec[k] > 0 for k in ("seconds", "passes", "images")):
-            raise ValueError(f"{path} is not a rate record written by elbo_lib; delete it")
-        return rec
+        images and cache bytes, summed over the processes that measured (``record_rate``); None before the first."""
+        total = None
+        for path in self._rate_files(device):
+            rec = _read_rate(path)
+            total = rec if total is None else {k: total.get(k, 0) + rec.get(k, 0)
+                                               for k in ("seconds", "passes", "images", "bytes")}
+        return total
 
-    def record_rate(self, device: str, seconds: float, passes: int, nbytes: int) -> None:
-        """Add one measured image to the model's rate record on ``device`` (used to estimate later runs)."""
-        rec = self.rate(device) or {"seconds": 0.0, "passes": 0, "images": 0, "bytes": 0}
+    def _rate_path(self, device: str, process: int = 0) -> Path:
+        # one file per process of a scaled-out run, so that no two processes rewrite the same file
+        return self.model_dir / (f"rate-{device}.json" if process == 0 else f"rate-{device}.p{process}.json")
+
+    def _rate_files(self, device: str) -> list[Path]:
+        main = self._rate_path(device)
+        others = sorted(self.model_dir.glob(f"rate-{device}.p*.json")) if self.model_dir.is_dir() else []
+        return ([main] if main.exists() else []) + [p for p in others if p.name[len(f"rate-{device}.p"):-5].isdigit()]
+
+    def record_rate(self, device: str, seconds: float, passes: int, nbytes: int, process: int = 0) -> None:
+        """Add one measured image to the model's rate record on ``device`` (used to estimate later runs); process
+        ``process`` of a scaled-out run keeps its own record, which :meth:`rate` adds up."""
+        path = self._rate_path(device, process)
+        rec = _read_rate(path) if path.exists() else {"seconds": 0.0, "passes": 0, "images": 0, "bytes": 0}
         rec = {"seconds": rec["seconds"] + seconds, "passes": rec["passes"] + passes, "images": rec["images"] + 1,
                "bytes": rec.get("bytes", 0) + nbytes}
-        atomic_write_json(self.model_dir / f"rate-{device}.json", rec)
+        atomic_write_json(path, rec)
 
     def file_size(self, image_id: str, inputs: bytes) -> int:
         p = self._path(image_id, inputs)
         return p.stat().st_size if p.exists() else 0
+
+    def has(self, image_id: str, inputs: bytes) -> bool:
+        """Whether a measurement of ``image_id`` made from exactly ``inputs`` is here (without reading it)."""
+        return self._path(image_id, inputs).exists()
 
     def get(self, image_id: str, inputs: bytes) -> Measurement | None:
         """The cached measurement of ``image_id`` made from exactly ``inputs`` (see ``input_bytes``), if any."""
         p = self._path(image_id, inputs)
         return load_measurement(p) if p.exists() else None
 
-    def put(self, image_id: str, m: Measurement, inputs: bytes) -> None:
+    def write_settings(self) -> None:
+        """settings.json beside the measurements (what they were made with), once."""
         settings_file = self.dir / "settings.json"
         if not settings_file.exists():
             atomic_write_json(settings_file, self.settings, default=str)
+
+    def put(self, image_id: str, m: Measurement, inputs: bytes) -> None:
+        self.write_settings()
         save_measurement(m, self._path(image_id, inputs))
 
     def __len__(self) -> int:

@@ -338,34 +338,68 @@ class OfficialScored:
         return tp, union, t
 
 
+@dataclass
+class OfficialImage:
+    """One image's official counts by variant name, with what the name search did there: the image's labelled
+    class ids and the heatmap files replaced by a later one of the same scored id (the first variant's)."""
+
+    id: str
+    class_ids: list[int]
+    counts: dict[str, ImageCounts]
+    replaced: list[tuple[int, str]]
+
+
+def score_official_image(sample, m, ds, variants, cutoffs: np.ndarray,
+                         class_ids_mode: str = "name-search") -> OfficialImage:
+    """One (sample, measurement) scored for every variant as :func:`score_measurements` does (a measurement of
+    None: an image without labelled classes). Scaled-out runs score each process's images with this and combine
+    the results with :func:`collect_official`."""
+    counts, replaced = {}, []
+    for j, v in enumerate(variants):
+        heat = v.heatmaps_of(m) if m is not None else None
+        counts[v.name], rep = heatmap_counts(heat, sample.class_ids, sample.label, ds, cutoffs, class_ids_mode)
+        if j == 0:
+            replaced = rep
+    return OfficialImage(sample.id, list(sample.class_ids), counts, replaced)
+
+
+def collect_official(images: list[OfficialImage], ds, variants, class_ids_mode: str = "name-search"
+                     ) -> tuple[dict[str, OfficialScored], dict]:
+    """The per-image results of every image of the list, in list order (image k at position k), as
+    :func:`score_measurements` returns them."""
+    n_classes = len(ds.class_names) + 1
+    acc = {v.name: OfficialScored([], [], n_classes) for v in variants}
+    collisions, seen = [], set()
+    for k, im in enumerate(images):
+        seen.update(im.class_ids)
+        for v in variants:
+            acc[v.name].images.append(im.id)
+            acc[v.name].counts.append(im.counts[v.name])
+        collisions += [{"image": k, "id": im.id, "class_id": cid, "replaced_by": name.split("_", 1)[1][:-4]}
+                       for cid, name in im.replaced]
+    keys = [key for key, _ in ds.categories]
+    remapped = {keys[c - 1]: {"own": c, "scored_as": resolve_class_id(keys[c - 1], ds.categories, class_ids_mode)}
+                for c in sorted(seen)}
+    return acc, {"scored_as_other_class": {w: v for w, v in remapped.items() if v["own"] != v["scored_as"]},
+                 "replaced_heatmaps": collisions}
+
+
+def check_official_labels(ds) -> None:
+    if getattr(ds, "labels", None) != "official":
+        raise ValueError(f"the official protocol reads labels as the authors do: load {ds.name!r} with "
+                         "labels='official' (get_dataset(..., labels='official'))")
+
+
 def score_measurements(pairs, ds, variants, class_ids_mode: str = "name-search",
                        steps=STEPS) -> tuple[dict[str, OfficialScored], dict]:
     """The official counts of each variant on every (sample, measurement) of ``pairs`` (a measurement of None: an
     image without labelled classes), consumed one image at a time (measurements are not kept). Labels must be
     read as the authors read them (``labels="official"``). Returns the scores by variant name and what the name
     search did, as :func:`score_heatmaps` reports it: the classes scored as another id, the heatmaps replaced."""
-    if getattr(ds, "labels", None) != "official":
-        raise ValueError(f"the official protocol reads labels as the authors do: load {ds.name!r} with "
-                         "labels='official' (get_dataset(..., labels='official'))")
+    check_official_labels(ds)
     cutoffs = level_cutoffs(steps)
-    n_classes = len(ds.class_names) + 1
-    acc = {v.name: OfficialScored([], [], n_classes) for v in variants}
-    collisions, seen = [], set()
-    for k, (sample, m) in enumerate(pairs):
-        seen.update(sample.class_ids)
-        for j, v in enumerate(variants):
-            heat = v.heatmaps_of(m) if m is not None else None
-            counts, replaced = heatmap_counts(heat, sample.class_ids, sample.label, ds, cutoffs, class_ids_mode)
-            acc[v.name].images.append(sample.id)
-            acc[v.name].counts.append(counts)
-            if j == 0:
-                collisions += [{"image": k, "id": sample.id, "class_id": cid, "replaced_by": name.split("_", 1)[1][:-4]}
-                               for cid, name in replaced]
-    keys = [key for key, _ in ds.categories]
-    remapped = {keys[c - 1]: {"own": c, "scored_as": resolve_class_id(keys[c - 1], ds.categories, class_ids_mode)}
-                for c in sorted(seen)}
-    return acc, {"scored_as_other_class": {w: v for w, v in remapped.items() if v["own"] != v["scored_as"]},
-                 "replaced_heatmaps": collisions}
+    images = [score_official_image(sample, m, ds, variants, cutoffs, class_ids_mode) for sample, m in pairs]
+    return collect_official(images, ds, variants, class_ids_mode)
 
 
 def halves(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -40,6 +40,7 @@ class Plan:
     source: str                    # where that estimate comes from
     bytes_per_image: float | None  # cache bytes per measured image (earlier runs), if known
     rate_recorded: bool = False    # the estimate comes from this model's earlier runs on this device
+    processes: int = 1             # processes sharing the images (accelerate launch), each on its own device
 
     @property
     def n_pairs(self) -> int:
@@ -61,11 +62,13 @@ class Plan:
             return head + "; nothing to measure"
         passes = sum(m.passes for m in self.measurements)
         if self.s_per_pass is None:
-            return head + (f"; {passes} denoiser passes on {self.device}, time estimated after the first image "
+            on = f"{self.processes} processes on {self.device}" if self.processes > 1 else self.device
+            return head + (f"; {passes} denoiser passes on {on}, time estimated after the first image "
                            f"({self.source})")
         disk = (f", about {self.bytes_per_image * self.to_measure / 1e9:.1f} GB of cache"
                 if self.bytes_per_image else "")
-        return head + (f"; estimated {duration(passes * self.s_per_pass)}{disk} on {self.device} "
+        on = f"{self.processes} processes on {self.device}" if self.processes > 1 else self.device
+        return head + (f"; estimated {duration(passes * self.s_per_pass / self.processes)}{disk} on {on} "
                        f"({passes} denoiser passes at {self.s_per_pass * 1000:.1f} ms, from {self.source})")
 
     def first_image_line(self, method: str, seconds: float, passes: int, nbytes: int) -> str:
@@ -73,9 +76,11 @@ class Plan:
         m = next(m for m in self.measurements if m.method == method)
         left = max(m.passes - passes, 0)
         rate = seconds / max(passes, 1)
+        across = f" across {self.processes} processes" if self.processes > 1 else ""
         return (f"[measure] {self.dataset} [{method}]: first image {seconds:.1f} s ({rate * 1000:.1f} ms per denoiser "
-                f"pass), {nbytes / 1e6:.1f} MB in the cache -> about {duration(left * rate)} and "
-                f"{nbytes * max(len(m.todo) - 1, 0) / 1e9:.1f} GB for its other {max(len(m.todo) - 1, 0)} images")
+                f"pass), {nbytes / 1e6:.1f} MB in the cache -> about {duration(left * rate / self.processes)} and "
+                f"{nbytes * max(len(m.todo) - 1, 0) / 1e9:.1f} GB for its other {max(len(m.todo) - 1, 0)} images"
+                f"{across}")
 
 
 def survey(ds: SegmentationDataset, n: int) -> list[list[int]]:
@@ -87,9 +92,10 @@ def survey(ds: SegmentationDataset, n: int) -> list[list[int]]:
 
 
 def make_plan(model: str | os.PathLike, ds: SegmentationDataset, groups: list[tuple[AlignConfig, object, str]],
-              seed: int, n: int, cache_dir=None, device: str = "cpu", nouns_only_elbo: bool = False) -> Plan:
+              seed: int, n: int, cache_dir=None, device: str = "cpu", nouns_only_elbo: bool = False,
+              processes: int = 1) -> Plan:
     """The plan of measuring the first ``n`` images of ``ds`` for each (config, baseline or None, method name) of
-    ``groups`` on a ``device`` type (cpu, cuda, ...), with the cache as it is now."""
+    ``groups`` on a ``device`` type (cpu, cuda, ...) in ``processes`` processes, with the cache as it is now."""
     class_ids = survey(ds, n)
     ids = ds.ids[:n]
     measurements, rate = [], None
@@ -119,7 +125,8 @@ def make_plan(model: str | os.PathLike, ds: SegmentationDataset, groups: list[tu
         source = f"{source}; a first run: a rough guide until the first image is timed"
     else:
         s_per_pass, bytes_per_image, source = None, None, f"no benchmark for {device}"
-    return Plan(ds.name, ids, class_ids, measurements, device, s_per_pass, source, bytes_per_image, rate is not None)
+    return Plan(ds.name, ids, class_ids, measurements, device, s_per_pass, source, bytes_per_image, rate is not None,
+                processes)
 
 
 def check_captions(aligner: Aligner, ds: SegmentationDataset, plan: Plan, cfg: AlignConfig) -> None:

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from ..ablations import Variant, paper_config, paper_variants
 from ..aligner import AlignConfig, Aligner
-from ..baselines import Baseline, get_baseline
+from ..baselines import Baseline, NotRunnable, get_baseline
 from ..datasets import DATASETS, SegmentationDataset, get_dataset
 from ..models import adapter_for, default_device_dtype, load_pipeline
 from ..timing import denoiser_passes
@@ -26,8 +26,10 @@ from ..tokens import CaptionTooLong, default_caption
 from ..paths import atomic_write_json
 from .cache import input_bytes, measurement_caches
 from .metrics import best_threshold, bootstrap_miou, iou_at, miou, paired_drop, per_image_iu, size_buckets
-from .official import CLASS_IDS, PROJECT, halves, score_measurements, summarize_official
+from .official import (CLASS_IDS, PROJECT, collect_official, halves, level_cutoffs, score_official_image,
+                       summarize_official)
 from .plan import check_captions, make_plan
+from .scaleout import Processes, processes
 from .thresholds import FILE as THRESHOLDS_FILE, record_heldout
 
 THRESHOLDS = np.round(np.arange(0.05, 1.0, 0.05), 2)
@@ -48,26 +50,41 @@ def measure_dataset(model: str | os.PathLike, dataset: SegmentationDataset, cfg:
     ``keep_empty``. Each image measured adds its time to the model's rate record in the cache;
     ``on_first(seconds, passes, bytes)`` is called after the first. A caption whose classes do not fit the
     text encoder stops the run with an error naming the image (no class is dropped)."""
+    n = len(dataset) if limit is None else min(limit, len(dataset))
+    for _, sample, m in measure_images(model, dataset, cfg, range(n), seed, cache_dir, pipe, nouns_only_elbo, desc,
+                                       device, baseline, keep_empty, on_first):
+        yield sample, m
+
+
+def measure_images(model: str | os.PathLike, dataset: SegmentationDataset, cfg: AlignConfig, indices, seed: int = 0,
+                   cache_dir: str | os.PathLike | None = None, pipe=None, nouns_only_elbo: bool = False,
+                   desc: str | None = None, device: str | None = None, baseline: Baseline | None = None,
+                   keep_empty: bool = False, on_first=None, procs: Processes = Processes(), skip_cached: bool = False):
+    """:func:`measure_dataset` over the images ``indices`` of ``dataset``, yielding (index, sample, measurement):
+    one process's share of a scaled-out run (``procs``: its rate record, and a progress bar on the main process
+    only). ``skip_cached``: an image whose cache files exist is passed over without reading them (filling the
+    cache)."""
     elbo = baseline.elbo if baseline is not None else True
     cache, noun_cache, noun_idx = measurement_caches(cache_dir, model, cfg, seed, baseline, nouns_only_elbo)
     aligner = None
-    n = len(dataset) if limit is None else min(limit, len(dataset))
-    for i in tqdm(range(n), desc=desc or f"measure {dataset.name}"):
+    for i in tqdm(indices, desc=(desc or f"measure {dataset.name}") + procs.label(), disable=not procs.is_main):
         sample = dataset.load(i)
         if not sample.class_ids:
             if keep_empty:
-                yield sample, None
+                yield i, sample, None
             continue
         phrases = dataset.phrases(sample.class_ids)
         caption = _caption(sample, phrases, cfg)
         inputs = input_bytes(sample.image, caption)
+        if skip_cached and all(c.has(sample.id, inputs) for c in (cache, noun_cache) if c is not None):
+            continue
         m = noun_cache.get(sample.id, inputs) if noun_cache is not None else None
         if m is not None and m.classes == phrases:
-            yield sample, m
+            yield i, sample, m
             continue
         m = cache.get(sample.id, inputs)
         if m is not None and m.classes == phrases and noun_cache is None:
-            yield sample, m
+            yield i, sample, m
             continue
         if aligner is None:  # something to measure: the pipeline loads on the first cache miss
             aligner = Aligner(pipe if pipe is not None else load_pipeline(model, device=device), cfg)
@@ -90,11 +107,11 @@ def measure_dataset(model: str | os.PathLike, dataset: SegmentationDataset, cfg:
             passes += len(phrases) * (len(noun_idx) if noun_idx is not None else cfg.elbo_steps)
         seconds = time.perf_counter() - t0
         nbytes = cache.file_size(sample.id, inputs) + (noun_cache.file_size(sample.id, inputs) if noun_cache else 0)
-        cache.record_rate(aligner.adapter.device.type, seconds, passes, nbytes)
+        cache.record_rate(aligner.adapter.device.type, seconds, passes, nbytes, procs.index)
         if on_first is not None:
             on_first(seconds, passes, nbytes)
             on_first = None
-        yield sample, m
+        yield i, sample, m
 
 
 @dataclass
@@ -106,25 +123,49 @@ class Scored:
     pairs: pd.DataFrame  # image, class_id, area, study, level, target + I/U per threshold (columns i_k, u_k)
 
 
-def score(pairs_sm, dataset: SegmentationDataset, variants: list[Variant], thresholds=THRESHOLDS) -> dict[str, Scored]:
+@dataclass
+class ImageScore:
+    """One image's intersections/unions (T, C + 1) and per-class rows by variant name (what :func:`score` keeps
+    of it; scaled-out runs make these where the image is measured and combine them with :func:`collect`)."""
+
+    id: str
+    by_variant: dict[str, tuple[np.ndarray, np.ndarray, list[dict]]]
+
+
+def score_image(sample, m, dataset: SegmentationDataset, variants: list[Variant], thresholds=THRESHOLDS) -> ImageScore:
     n_global = len(dataset.class_names)
+    out = {}
+    for v in variants:
+        inter, union = per_image_iu(v.heatmaps_of(m), sample.label, sample.class_ids, thresholds, n_global,
+                                    dataset.ignore_index)
+        meta = sample.meta or {}
+        rows = []
+        for gid in sample.class_ids:
+            row = {"image": sample.id, "image_idx": None, "class_id": gid, "class": dataset.class_names[gid - 1],
+                   "area": int((sample.label == gid).sum()), "study": meta.get("study", ""),
+                   "level": meta.get("level", -1), "knob": meta.get("knob", np.nan),
+                   "is_target": dataset.class_names[gid - 1] == meta.get("target")}
+            row.update({f"i_{k}": int(inter[k, gid]) for k in range(len(thresholds))})
+            row.update({f"u_{k}": int(union[k, gid]) for k in range(len(thresholds))})
+            rows.append(row)
+        out[v.name] = (inter.astype(np.int32), union.astype(np.int32), rows)
+    return ImageScore(sample.id, out)
+
+
+def collect(images: list[ImageScore], variants: list[Variant]) -> dict[str, Scored]:
+    """The per-image scores of a list of images, in order (a row's ``image_idx`` is its image's position)."""
     acc = {v.name: ([], [], []) for v in variants}
-    for img_idx, (sample, m) in enumerate(pairs_sm):
-        for v in variants:
-            inter, union = per_image_iu(v.heatmaps_of(m), sample.label, sample.class_ids, thresholds, n_global,
-                                        dataset.ignore_index)
-            acc[v.name][0].append(inter.astype(np.int32))
-            acc[v.name][1].append(union.astype(np.int32))
-            meta = sample.meta or {}
-            for gid in sample.class_ids:
-                row = {"image": sample.id, "image_idx": img_idx, "class_id": gid, "class": dataset.class_names[gid - 1],
-                       "area": int((sample.label == gid).sum()), "study": meta.get("study", ""),
-                       "level": meta.get("level", -1), "knob": meta.get("knob", np.nan),
-                       "is_target": dataset.class_names[gid - 1] == meta.get("target")}
-                row.update({f"i_{k}": int(inter[k, gid]) for k in range(len(thresholds))})
-                row.update({f"u_{k}": int(union[k, gid]) for k in range(len(thresholds))})
-                acc[v.name][2].append(row)
+    for img_idx, im in enumerate(images):
+        for name, (inter, union, rows) in im.by_variant.items():
+            a = acc[name]
+            a[0].append(inter)
+            a[1].append(union)
+            a[2].extend({**row, "image_idx": img_idx} for row in rows)
     return {name: Scored(np.stack(i), np.stack(u), pd.DataFrame(rows)) for name, (i, u, rows) in acc.items()}
+
+
+def score(pairs_sm, dataset: SegmentationDataset, variants: list[Variant], thresholds=THRESHOLDS) -> dict[str, Scored]:
+    return collect([score_image(sample, m, dataset, variants, thresholds) for sample, m in pairs_sm], variants)
 
 
 def summarize(scored: dict[str, Scored], cal_scored: dict[str, Scored] | None, dataset: SegmentationDataset,
@@ -244,10 +285,13 @@ def options(**kw) -> dict:
 
 def evaluate(model: str | os.PathLike = "data/toy-sd", dataset: str | SegmentationDataset = "toy-test",
              config: AlignConfig | None = None, variants: list[Variant] | None = None, baselines=(), seed: int = 0,
-             protocol: Protocol = Protocol(), source: Source = Source(), out: str | os.PathLike | None = None) -> dict:
+             protocol: Protocol = Protocol(), source: Source = Source(),
+             out: str | os.PathLike | None = None) -> dict | None:
     """Run the protocol; returns the metrics dict (and writes metrics.json, per_class.csv,
     size_buckets.csv, summary.md under ``out``). On a real dataset it first prints the plan (images, pairs,
-    measurements to make, estimated time) and checks the captions of the images still to measure."""
+    measurements to make, estimated time) and checks the captions of the images still to measure. Under
+    ``accelerate launch`` with several processes each measures and scores its share of the images and the main
+    process combines them and writes the metrics (scaleout.py); the others return None."""
     t0 = time.time()
     name = dataset.name if isinstance(dataset, SegmentationDataset) else dataset
     official = name in DATASETS and protocol.real == "official"
@@ -255,66 +299,61 @@ def evaluate(model: str | os.PathLike = "data/toy-sd", dataset: str | Segmentati
         raise ValueError(f"held-out {protocol.heldout!r}: on {name} the official protocol's held-out column is "
                          "cross-fitted ('auto') or left out (None/'none'); a fraction or a dataset is the project "
                          "protocol's (--protocol project)")
-    ds = dataset if isinstance(dataset, SegmentationDataset) else get_dataset(
-        dataset, source.data_root, cache_dir=None, image_list=source.image_list, class_words=source.class_words,
-        labels="official" if official else None)
-    if official and getattr(ds, "labels", None) != "official":
-        raise ValueError(f"the official protocol reads labels as the authors do: load {ds.name!r} with "
-                         "labels='official', or score it with the project protocol (real='project')")
+    ds = _dataset(dataset, source, official)
     if config is None:
         config = Aligner(source.pipe).config if source.pipe is not None else paper_config(model)
     variants = variants or paper_variants(config)
     thresholds = np.asarray(protocol.thresholds)
     heldout = heldout_default(ds.name) if protocol.heldout == "auto" else protocol.heldout
-    # one measurement per method: ELBO-T2IAlign's, then each baseline's (shared where settings coincide)
-    groups = [(config, None, variants, "ELBO-T2IAlign")]
-    for bname in baselines:
-        b = get_baseline(bname)
-        bcfg = dataclasses.replace(config, **b.measure_overrides)
-        groups.append((bcfg, b, [Variant(b.name, bcfg, heatmaps=b.heatmaps)], b.name))
-    pipe, first = source.pipe, {}
-    if ds.name in DATASETS:  # say what will be measured, and refuse captions that do not fit, before any model work
-        device = adapter_for(pipe).device.type if pipe is not None else default_device_dtype(source.device)[0]
-        n = len(ds) if source.limit is None else min(source.limit, len(ds))
-        plan = make_plan(model, ds, [(g[0], g[1], g[3]) for g in groups], seed, n, source.cache_dir,
-                         device.split(":")[0], source.nouns_only_elbo)
-        print(plan.line(), flush=True)
-        if plan.to_measure:
-            pipe = pipe if pipe is not None else load_pipeline(model, device=source.device)
-            check_captions(Aligner(pipe, config), ds, plan, config)
-        if not plan.rate_recorded:  # a first run of this model here: say what the first image took
-            first = {g[3]: (lambda s, p, b, m=g[3]: tqdm.write(plan.first_image_line(m, s, p, b))) for g in groups}
+    groups = _groups(config, variants, baselines)
+    procs = processes(source.device)
+    device = procs.device if procs.count > 1 else source.device  # each process of a scaled-out run: its own
+    pipe, first = _prepare(model, ds, groups, seed, source, procs, device)
     split_note = {"evaluated": ds.name}
     scored, cal_scored, official_scored, official_info = {}, ({} if heldout else None), {}, {}
     cal_ds = (get_dataset(heldout, source.data_root, class_words=source.class_words)
               if isinstance(heldout, str) and heldout and not official else None)
+    cutoffs = level_cutoffs() if official else None
+
+    def shared(d: SegmentationDataset, gcfg, scorer, **kw):
+        """Each process measures and scores its share of ``d``'s first ``limit`` images; the main process gets
+        every image's score in image order, the others None."""
+        n = len(d) if source.limit is None else min(source.limit, len(d))
+        return procs.gather([(i, scorer(sample, m)) for i, sample, m in
+                             measure_images(model, d, gcfg, procs.shard(n), seed, procs=procs, **kw)])
+
     for gcfg, baseline, gvars, label in groups:
         method = baseline.method if baseline is not None else "aligner"
-        kw = dict(cache_dir=source.cache_dir, pipe=pipe, device=source.device, baseline=baseline,
+        kw = dict(cache_dir=source.cache_dir, pipe=pipe, device=device, baseline=baseline,
                   nouns_only_elbo=source.nouns_only_elbo and baseline is None)  # baselines use no ELBO phrases
         if official:  # one image at a time: the real models' measurements are too large to keep
-            pairs = measure_dataset(model, ds, gcfg, seed, source.limit, desc=f"measure {ds.name} [{method}]",
-                                    keep_empty=True, on_first=first.get(label), **kw)
-            got, info = score_measurements(pairs, ds, gvars, protocol.class_ids)
-            official_scored.update(got)
-            official_info = official_info or info
+            images = shared(ds, gcfg, lambda s, m: score_official_image(s, m, ds, gvars, cutoffs, protocol.class_ids),
+                            desc=f"measure {ds.name} [{method}]", keep_empty=True, on_first=first.get(label), **kw)
+            if images is not None:
+                got, info = collect_official(images, ds, gvars, protocol.class_ids)
+                official_scored.update(got)
+                official_info = official_info or info
             continue
-        eval_pairs = list(measure_dataset(model, ds, gcfg, seed, source.limit, desc=f"measure {ds.name} [{method}]",
-                                          on_first=first.get(label), **kw))
+        evals = shared(ds, gcfg, lambda s, m: score_image(s, m, ds, gvars, thresholds),
+                       desc=f"measure {ds.name} [{method}]", on_first=first.get(label), **kw)
+        cals = (shared(cal_ds, gcfg, lambda s, m: score_image(s, m, cal_ds, gvars, thresholds),
+                       desc=f"measure {heldout} (threshold split) [{method}]", **kw) if cal_ds is not None else None)
+        if not procs.is_main:
+            continue
         if cal_ds is not None:
-            cal_pairs = list(measure_dataset(model, cal_ds, gcfg, seed, source.limit,
-                                             desc=f"measure {heldout} (threshold split) [{method}]", **kw))
-            cal_scored.update(score(cal_pairs, cal_ds, gvars, thresholds))
+            cal_scored.update(collect(cals, gvars))
             split_note["threshold_split"] = heldout
         elif isinstance(heldout, float) and 0 < heldout < 1:
-            perm = np.random.default_rng([seed, 31337]).permutation(len(eval_pairs))
-            n_cal = max(1, int(round(heldout * len(eval_pairs))))
+            perm = np.random.default_rng([seed, 31337]).permutation(len(evals))
+            n_cal = max(1, int(round(heldout * len(evals))))
             cal_idx, ev_idx = sorted(perm[:n_cal]), sorted(perm[n_cal:])
-            cal_scored.update(score([eval_pairs[i] for i in cal_idx], ds, gvars, thresholds))
+            cal_scored.update(collect([evals[i] for i in cal_idx], gvars))
             split_note.update(threshold_split=f"fraction {heldout} of {ds.name}",
-                              calibration_ids=[eval_pairs[i][0].id for i in cal_idx])
-            eval_pairs = [eval_pairs[i] for i in ev_idx]
-        scored.update(score(eval_pairs, ds, gvars, thresholds))
+                              calibration_ids=[evals[i].id for i in cal_idx])
+            evals = [evals[i] for i in ev_idx]
+        scored.update(collect(evals, gvars))
+    if not procs.is_main:  # the main process writes the metrics, once
+        return None
     if official:
         metrics = summarize_official(official_scored, ds.class_names, heldout is not None, protocol.n_boot, seed)
         metrics["official"] = {"labels": "official", "class_ids": protocol.class_ids, **official_info}
@@ -340,6 +379,82 @@ def evaluate(model: str | os.PathLike = "data/toy-sd", dataset: str | Segmentati
     if out is not None:
         write_outputs(metrics, Path(out))
     return metrics
+
+
+def _dataset(dataset: str | SegmentationDataset, source: Source, official: bool) -> SegmentationDataset:
+    ds = dataset if isinstance(dataset, SegmentationDataset) else get_dataset(
+        dataset, source.data_root, cache_dir=None, image_list=source.image_list, class_words=source.class_words,
+        labels="official" if official else None)
+    if official and getattr(ds, "labels", None) != "official":
+        raise ValueError(f"the official protocol reads labels as the authors do: load {ds.name!r} with "
+                         "labels='official', or score it with the project protocol (real='project')")
+    return ds
+
+
+def _groups(config: AlignConfig, variants: list[Variant], baselines) -> list[tuple]:
+    """One measurement per method: ELBO-T2IAlign's, then each baseline's (shared where settings coincide), as
+    (config, baseline or None, its variants, label)."""
+    groups = [(config, None, variants, "ELBO-T2IAlign")]
+    for bname in baselines:
+        b = get_baseline(bname)
+        bcfg = dataclasses.replace(config, **b.measure_overrides)
+        groups.append((bcfg, b, [Variant(b.name, bcfg, heatmaps=b.heatmaps)], b.name))
+    return groups
+
+
+def _prepare(model, ds: SegmentationDataset, groups, seed: int, source: Source, procs: Processes, device):
+    """Before any model work on a real dataset, the main process says what will be measured and refuses captions
+    that do not fit; with several processes it writes each cache's settings.json (one writer) and nobody measures
+    before it is done. Returns the pipeline loaded for the caption check (or ``source.pipe``) and the first-image
+    reports by group label."""
+    pipe, first = source.pipe, {}
+    if ds.name in DATASETS and procs.is_main:
+        dev_type = adapter_for(pipe).device.type if pipe is not None else default_device_dtype(device)[0]
+        n = len(ds) if source.limit is None else min(source.limit, len(ds))
+        plan = make_plan(model, ds, [(g[0], g[1], g[3]) for g in groups], seed, n, source.cache_dir,
+                         dev_type.split(":")[0], source.nouns_only_elbo, procs.count)
+        print(plan.line(), flush=True)
+        if plan.to_measure:
+            pipe = pipe if pipe is not None else load_pipeline(model, device=device)
+            check_captions(Aligner(pipe, groups[0][0]), ds, plan, groups[0][0])
+        if not plan.rate_recorded:  # a first run of this model here: say what the first image took
+            first = {g[3]: (lambda s, p, b, m=g[3]: tqdm.write(plan.first_image_line(m, s, p, b))) for g in groups}
+    if procs.count > 1:
+        if procs.is_main:
+            for g in groups:
+                for cache in measurement_caches(source.cache_dir, model, g[0], seed, g[1],
+                                                source.nouns_only_elbo and g[1] is None)[:2]:
+                    if cache is not None:
+                        cache.write_settings()
+        procs.barrier()
+    return pipe, first
+
+
+def fill_cache(model: str | os.PathLike, dataset: str | SegmentationDataset, config: AlignConfig, baselines=(),
+               seed: int = 0, source: Source = Source(), official: bool = True) -> None:
+    """Measure what :func:`evaluate` with these arguments would measure (ELBO-T2IAlign's ``config`` and each
+    baseline's, on ``dataset``'s first ``source.limit`` images) into the cache, scoring nothing; under
+    ``accelerate launch`` each process measures its share. ``official``: on a real dataset, the labels read as the
+    official protocol reads them (they decide each image's classes, so its caption and cache file).
+    ``make reproduce NPROC=N`` fills the cache for the notebooks this way, then runs them from it."""
+    name = dataset.name if isinstance(dataset, SegmentationDataset) else dataset
+    ds = _dataset(dataset, source, official and name in DATASETS)
+    groups = _groups(config, [], baselines)
+    procs = processes(source.device)
+    device = procs.device if procs.count > 1 else source.device
+    pipe, first = _prepare(model, ds, groups, seed, source, procs, device)
+    n = len(ds) if source.limit is None else min(source.limit, len(ds))
+    for gcfg, baseline, _, label in groups:
+        method = baseline.method if baseline is not None else "aligner"
+        try:
+            for _ in measure_images(model, ds, gcfg, procs.shard(n), seed, source.cache_dir, pipe,
+                                    source.nouns_only_elbo and baseline is None, f"fill cache {ds.name} [{method}]",
+                                    device, baseline, on_first=first.get(label), procs=procs, skip_cached=True):
+                pass
+        except NotRunnable as e:  # e.g. a UNet-only baseline on an MMDiT: the notebook gives it a note row
+            if procs.is_main:
+                tqdm.write(f"[fill cache] {ds.name}: {e}")
+    procs.barrier()  # the cache is complete when every process is done
 
 
 def metrics_table(metrics: dict) -> pd.DataFrame:
