@@ -365,14 +365,13 @@ SDPA_FOR = {"AttnProcessor": AttnProcessor2_0(), "AttnAddedKVProcessor": AttnAdd
 
 
 @contextlib.contextmanager
-def uncaptured_attention(denoiser: torch.nn.Module, mode: str = "sdpa", latent_hw: tuple[int, int] | None = None,
-                         joint: bool = False) -> Iterator[None]:
+def uncaptured_attention(denoiser: torch.nn.Module, mode: str = "sdpa", joint: bool = False) -> Iterator[None]:
     """The attention processors of passes that capture nothing, restored on exit.
 
     ``"sdpa"``: every layer on PyTorch's fused ``scaled_dot_product_attention`` (:data:`SDPA_FOR` replaces the
     classic processors; the ``*2_0``, joint and FLUX processors diffusers installs already use it, and then nothing
     is touched). ``"explicit"``: the capture processors (:func:`capture_processor`) recording nothing, i.e. the
-    attention passes' float32 probabilities; ``latent_hw`` (the token grid) is needed for FLUX's layers."""
+    attention passes' float32 probabilities."""
     if mode not in UNCAPTURED_ATTENTION:
         raise ValueError(f"attention for passes that capture nothing must be one of {UNCAPTURED_ATTENTION}, "
                          f"got {mode!r}")
@@ -384,7 +383,7 @@ def uncaptured_attention(denoiser: torch.nn.Module, mode: str = "sdpa", latent_h
             return
         stance = contextlib.nullcontext()
     else:
-        store = AttentionStore(latent_hw=tuple(latent_hw or (1, 1)))
+        store = AttentionStore(latent_hw=(1, 1))  # receives nothing; FLUX's processor reads its grid only to record
         new = {name: capture_processor(p, store, name, False, False, joint) for name, p in original.items()}
         stance = eager_passes()
     denoiser.set_attn_processor(new)

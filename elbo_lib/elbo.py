@@ -143,8 +143,7 @@ def class_losses(adapter: PipelineAdapter, x0: torch.Tensor, cond: TextCondition
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     adapter = adapter.for_latent(x0)
-    latent_hw = (x0.shape[-2] // adapter.patch_size, x0.shape[-1] // adapter.patch_size)
-    with uncaptured_attention(adapter.denoiser, attention, latent_hw, adapter.joint_attention):
+    with uncaptured_attention(adapter.denoiser, attention, adapter.joint_attention):
         return _batched_losses(adapter, x0, cond, t, eps, weighting, batch_size, progress)
 
 

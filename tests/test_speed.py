@@ -1,6 +1,7 @@
 """The speed levers (issue 28): the ELBO passes' attention (fused SDPA against the capture path's explicit
 probabilities), the denoiser's precision, memory format and compilation, and the options' validation."""
 import collections
+import time
 
 import numpy as np
 import pytest
@@ -12,6 +13,7 @@ from elbo_lib.attention import AttentionStore, capture_attention, uncaptured_att
 from elbo_lib.elbo import class_losses, elbo_timesteps, shared_noise
 from elbo_lib.models import adapter_for
 from elbo_lib.models.random_init import tiny_sd_pipeline, tiny_sdxl_pipeline
+from elbo_lib.timing import Levers, PeakMemory, lever_speed, resident_bytes
 
 CAPTURE_PROCESSORS = {"CaptureProcessor", "JointCaptureProcessor", "FluxCaptureProcessor"}
 # diffusers' processors that call F.scaled_dot_product_attention (FLUX's through its attention dispatcher)
@@ -178,3 +180,45 @@ def test_compile_marks_the_denoiser_and_capture_runs_eagerly(monkeypatch):
     assert store.cross.keys() == ref.cross.keys()
     for k in ref.cross:
         torch.testing.assert_close(store.cross[k], ref.cross[k])
+
+
+def test_lever_specs():
+    base = Levers("fp32")
+    assert base.with_spec("bf16+channels_last+batch=128") == Levers("bf16", True, False, "sdpa", 128)
+    assert base.with_spec("compile+explicit").compile and base.with_spec("explicit").elbo_attention == "explicit"
+    with pytest.raises(ValueError, match=r"unknown lever 'fp8' in 'fp8\+compile'; levers: fp32 \| fp16"):
+        base.with_spec("fp8+compile")
+    with pytest.raises(ValueError, match="batch_size must be a whole number >= 1"):
+        base.with_spec("batch=0")
+    with pytest.raises(ValueError, match="unknown lever 'batch=-1'"):
+        base.with_spec("batch=-1")
+    with pytest.raises(ValueError, match="lever dtype must be a name"):
+        Levers(torch.float16)
+
+
+def test_peak_memory_sees_a_cpu_allocation():
+    with PeakMemory("cpu") as small:
+        torch.ones(1000)
+    with PeakMemory("cpu") as big:
+        x = torch.ones(64 * 2**20 // 4)  # 64 MiB, written so that its pages are resident
+        time.sleep(0.02)  # at least one sample while it is held
+        del x
+    assert big.peak >= 48 * 2**20 > small.peak
+
+
+def test_lever_speed_reports_each_setting_against_the_baseline():
+    image = (np.random.default_rng(0).random((32, 32, 3)) * 255).astype(np.uint8)
+    base = Levers("fp32", batch_size=4)
+    variants = {"baseline": base, "explicit": base.with_spec("explicit"), "bf16": base.with_spec("bf16")}
+    df = lever_speed(tiny_sd_pipeline, variants, ["red circle", "cat"], image, elbo_steps=2, repeats=1, device="cpu")
+    assert list(df["levers"]) == list(variants)
+    row = df.set_index("levers")
+    assert row.loc["baseline", "speedup"] == 1.0 and row.loc["baseline", "elbo_rel_diff"] == 0.0
+    assert row.loc["explicit", "elbo_rel_diff"] < 1e-5 and row.loc["explicit", "cross_abs_diff"] == 0.0
+    assert row.loc["bf16", "elbo_rel_diff"] > 1e-5  # bf16 rounding moves the losses beyond float32 noise
+    assert (df["peak_gib"] > 0).all()
+    pipe = tiny_sd_pipeline()
+    fp32, vae = resident_bytes(pipe), sum(t.numel() * 4 for t in pipe.vae.state_dict().values())
+    bf16 = resident_bytes(speed_up(pipe, "bf16"))  # halved but for the float32 VAE (and integer buffers)
+    assert vae + (fp32 - vae) / 2 <= bf16 < fp32
+    assert (df[["warmup_s", "s_per_image", "attention_s"]] > 0).all().all()  # timings: no order asserted (shared CPU)

@@ -17,8 +17,8 @@ from .stable_diffusion import StableDiffusionAdapter, StableDiffusionXLAdapter
 
 __all__ = ["OBJECTIVES", "PipelineAdapter", "TextCondition", "adapter_for", "supported_pipelines", "to_pil_rgb",
            "load_pipeline", "component_dtypes", "pipeline_class_name", "adapter_class", "model_hints", "dir_hints",
-           "default_device_dtype", "speed_up", "precision", "PRECISIONS", "COMPILE_MODES", "StableDiffusionAdapter", "StableDiffusionXLAdapter", "StableDiffusion3Adapter",
-           "FluxAdapter", "PixArtSigmaAdapter"]
+           "default_device_dtype", "speed_up", "precision", "PRECISIONS", "COMPILE_MODES", "StableDiffusionAdapter",
+           "StableDiffusionXLAdapter", "StableDiffusion3Adapter", "FluxAdapter", "PixArtSigmaAdapter"]
 
 
 def default_device_dtype(device: str | None = None, dtype: torch.dtype | None = None,
