@@ -5,8 +5,8 @@ silence_known_notices()  # before the imports below bring in diffusers and trans
 
 from .aligner import AlignConfig, Aligner, AlignmentResult, Measurement, finalize
 from .attention import capture_attention
-from .models import load_pipeline, supported_pipelines
+from .models import load_pipeline, speed_up, supported_pipelines
 
 __all__ = ["AlignConfig", "Aligner", "AlignmentResult", "Measurement", "finalize", "capture_attention",
-           "load_pipeline", "supported_pipelines"]
+           "load_pipeline", "speed_up", "supported_pipelines"]
 __version__ = "0.1.0"

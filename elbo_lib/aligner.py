@@ -14,7 +14,8 @@ import numpy as np
 import torch
 
 from . import calibrate as cal
-from .attention import LAYER_WEIGHTS, LayerWeights, SelfAttentionAverage, aggregate_cross, capture_attention
+from .attention import (LAYER_WEIGHTS, UNCAPTURED_ATTENTION, LayerWeights, SelfAttentionAverage, aggregate_cross,
+                        capture_attention)
 from .elbo import WEIGHTINGS, attention_timesteps, check_finite, class_losses, elbo_timesteps, shared_noise
 from .models import adapter_for, model_hints, to_pil_rgb
 from .models.base import RESIZES
@@ -59,6 +60,12 @@ class AlignConfig:
     mid layer (index 2 of 7), and hop A averages its two 16x16 segments (first down, last up), hop B the
     last up segment.
 
+    Speed settings that change the measurement by float noise only, and are therefore not part of its cache key:
+    ``batch_size`` (denoiser rows per ELBO call) and ``elbo_attention`` (``"sdpa"``: the ELBO passes on PyTorch's
+    fused attention; ``"explicit"``: on the attention passes' materialised float32 probabilities, the slower
+    reference; :func:`attention.uncaptured_attention`). The denoiser's dtype, memory format and compilation are
+    the pipeline's (:func:`elbo_lib.models.speed_up`).
+
     ``AlignConfig.preset("project")`` gives the project's earlier choices (per-level weights, one-hop
     self-attention of the finest layers, no renormalisation, ...), shown only as extra rows.
     """
@@ -86,6 +93,7 @@ class AlignConfig:
     caption_template: str = "a photo of {}"
     caption_item: str = "{}"
     batch_size: int = 64
+    elbo_attention: str = "sdpa"
     resolution: tuple[int, int] | None = None
 
     def __post_init__(self):
@@ -96,9 +104,13 @@ class AlignConfig:
         if "{}" not in self.elbo_template or "{}" not in self.caption_template or "{}" not in self.caption_item:
             raise ValueError("elbo_template, caption_template and caption_item must each contain '{}'")
         for name, allowed in (("self_rule", SELF_RULES), ("noise", NOISE_DRAWS), ("weighting", WEIGHTINGS),
-                              ("token_occurrence", OCCURRENCES), ("resize", RESIZES)):
+                              ("token_occurrence", OCCURRENCES), ("resize", RESIZES),
+                              ("elbo_attention", UNCAPTURED_ATTENTION)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, (int, np.integer)) \
+                or self.batch_size < 1:
+            raise ValueError(f"batch_size must be a whole number >= 1 (denoiser rows per call), got {self.batch_size!r}")
         if isinstance(self.layer_weights, str) and self.layer_weights not in LAYER_WEIGHTS:
             raise ValueError(f"layer_weights must be one of {LAYER_WEIGHTS}, a dict or a callable; "
                              f"got {self.layer_weights!r}")
@@ -329,7 +341,8 @@ class Aligner:
         # per-class ELBO with shared noise (Alg. 1 line 3, Eq. 4)
         t_elbo = torch.as_tensor(t_elbo_np, dtype=torch.float64)
         cond_cls = ad.encode_text([cfg.elbo_template.format(c) for c in elbo_classes])
-        losses = class_losses(ad, x0, cond_cls, t_elbo, noise.elbo, cfg.weighting, cfg.batch_size, progress)
+        losses = class_losses(ad, x0, cond_cls, t_elbo, noise.elbo, cfg.weighting, cfg.batch_size, progress,
+                              cfg.elbo_attention)
         return Measurement(classes, caption, t_elbo_np, losses.cpu(), t_att.numpy(), cross, self_attn, image_hw)
 
     def class_tokens(self, caption: str, classes: list[str], cfg: AlignConfig | None = None) -> list[list[int]]:
@@ -362,7 +375,7 @@ class Aligner:
             raise ValueError(f"elbo_idx must index the {len(t_all)} configured ELBO timesteps, got {idx}")
         cond = ad.encode_text([cfg.elbo_template.format(c) for c in elbo_classes])
         sub = class_losses(ad, x0, cond, torch.as_tensor(t_all[idx], dtype=torch.float64), noise.elbo[idx],
-                           cfg.weighting, cfg.batch_size, False).cpu()
+                           cfg.weighting, cfg.batch_size, False, cfg.elbo_attention).cpu()
         out = torch.full((len(elbo_classes), len(t_all)), float("nan"), dtype=sub.dtype)
         out[:, idx] = sub
         return out

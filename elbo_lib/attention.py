@@ -6,6 +6,12 @@ cross/self attention), :class:`JointCaptureProcessor` (SD3 joint attention) or
 via ``set_attn_processor``, and restores the original processors on exit. Layers that are not
 captured keep their original (SDPA) processors. Maps are averaged over heads as they are made.
 
+Passes that capture nothing (the ELBO's N x T denoiser calls) need no probabilities:
+``uncaptured_attention(denoiser, "sdpa")`` runs them on PyTorch's fused ``scaled_dot_product_attention``
+(diffusers' ``AttnProcessor2_0`` family, the default of every pipeline this torch loads; a layer left on the
+classic ``AttnProcessor`` is switched for the pass), ``"explicit"`` on the capture processors' own computation
+(probabilities materialised, nothing kept): the same losses to fp32 tolerance, slower, the reference.
+
 Memory: per layer the captured cross-attention is (B, Nq, T') with T' the text tokens kept
 (``cross_tokens``: the aligner keeps only up to the last class token), and the self-attention
 of all layers of one resolution is summed in place into one (B, Nq, Nq) tensor, so a DiT (one
@@ -23,6 +29,7 @@ from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
+from diffusers.models.attention_processor import AttnAddedKVProcessor2_0, AttnProcessor2_0
 from diffusers.models.embeddings import apply_rotary_emb
 
 
@@ -338,6 +345,55 @@ class FluxCaptureProcessor:
 CAPTURE_FOR = {"FluxAttnProcessor": FluxCaptureProcessor, "FluxAttnProcessor2_0": FluxCaptureProcessor}
 
 
+def capture_processor(proc, store: AttentionStore, name: str, cross: bool, self_attn: bool, joint: bool):
+    """The capture processor standing in for a layer's original processor ``proc`` (:data:`CAPTURE_FOR`,
+    else by ``joint``), recording what ``cross`` / ``self_attn`` ask for into ``store``."""
+    cls = CAPTURE_FOR.get(type(proc).__name__, JointCaptureProcessor if joint else CaptureProcessor)
+    return cls(store, name, cross, self_attn)
+
+
+def eager_passes():
+    """A context in which a compiled denoiser (``speed_up(compile=...)``) runs its Python code: processors that
+    record or replace attention keep Python state, which a compiled graph would freeze at its first pass."""
+    return torch.compiler.set_stance("force_eager")
+
+
+UNCAPTURED_ATTENTION = ("sdpa", "explicit")
+# diffusers' processors that form the probabilities in Python -> the fused processor of the same computation; one
+# shared (stateless) instance each, so that a compiled denoiser meets the same objects on every pass
+SDPA_FOR = {"AttnProcessor": AttnProcessor2_0(), "AttnAddedKVProcessor": AttnAddedKVProcessor2_0()}
+
+
+@contextlib.contextmanager
+def uncaptured_attention(denoiser: torch.nn.Module, mode: str = "sdpa", joint: bool = False) -> Iterator[None]:
+    """The attention processors of passes that capture nothing, restored on exit.
+
+    ``"sdpa"``: every layer on PyTorch's fused ``scaled_dot_product_attention`` (:data:`SDPA_FOR` replaces the
+    classic processors; the ``*2_0``, joint and FLUX processors diffusers installs already use it, and then nothing
+    is touched). ``"explicit"``: the capture processors (:func:`capture_processor`) recording nothing, i.e. the
+    attention passes' float32 probabilities."""
+    if mode not in UNCAPTURED_ATTENTION:
+        raise ValueError(f"attention for passes that capture nothing must be one of {UNCAPTURED_ATTENTION}, "
+                         f"got {mode!r}")
+    original = dict(denoiser.attn_processors)
+    if mode == "sdpa":
+        new = {name: SDPA_FOR.get(type(p).__name__, p) for name, p in original.items()}
+        if all(new[name] is p for name, p in original.items()):
+            yield
+            return
+        stance = contextlib.nullcontext()
+    else:
+        store = AttentionStore(latent_hw=(1, 1))  # receives nothing; FLUX's processor reads its grid only to record
+        new = {name: capture_processor(p, store, name, False, False, joint) for name, p in original.items()}
+        stance = eager_passes()
+    denoiser.set_attn_processor(new)
+    try:
+        with stance:
+            yield
+    finally:
+        denoiser.set_attn_processor(original)
+
+
 def is_cross_attention_layer(name: str, joint: bool) -> bool:
     """UNet cross-attention layers are the transformer blocks' ``attn2``; in MMDiT every joint layer is."""
     return joint or ".attn2." in name
@@ -377,12 +433,12 @@ def capture_attention(denoiser: torch.nn.Module, latent_hw: tuple[int, int], *, 
     cross-attention queries (for attribution prompts, OVAM); ``per_head`` keeps the cross-attention of every head
     summed over the batch (DAAM; UNet layouts only); ``cross_tokens`` keeps only the first text
     tokens' cross-attention (memory: a T5 sequence has up to 512 tokens, a class phrase is near its start).
-    The processor for each layer follows its original processor (:data:`CAPTURE_FOR`), else ``joint``.
+    The processor for each layer follows its original processor (:data:`CAPTURE_FOR`), else ``joint``. On a
+    compiled denoiser the passes run eagerly (:func:`eager_passes`).
     """
     original = dict(denoiser.attn_processors)
     store = AttentionStore(latent_hw=tuple(latent_hw), all_resolutions=all_resolutions, segments=segments,
                            keep_queries=keep_queries, per_head=per_head, cross_tokens=cross_tokens)
-    default = JointCaptureProcessor if joint else CaptureProcessor
     if per_head and (joint or any(type(p).__name__ in CAPTURE_FOR for p in original.values())):
         raise ValueError("per-head cross-attention is captured on UNet-style cross-attention layers only")
     new = {}
@@ -392,11 +448,12 @@ def capture_attention(denoiser: torch.nn.Module, latent_hw: tuple[int, int], *, 
             continue
         want_cross = cross and is_cross_attention_layer(name, joint)
         want_self = self_attn and is_self_attention_layer(name, joint)
-        cls = CAPTURE_FOR.get(type(proc).__name__, default)
-        new[name] = cls(store, name, want_cross, want_self) if (want_cross or want_self) else proc
+        new[name] = capture_processor(proc, store, name, want_cross, want_self, joint) if (want_cross or want_self) \
+            else proc
     denoiser.set_attn_processor(new)
     try:
-        yield store
+        with eager_passes():
+            yield store
     finally:
         denoiser.set_attn_processor(original)
 

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .aligner import AlignConfig, Aligner, finalize
-from .attention import UNetAttentionProcessor, grid_hw, is_cross_attention_layer
+from .attention import UNetAttentionProcessor, eager_passes, grid_hw, is_cross_attention_layer
 from .generation import (DEFAULT_STEPS, GUIDANCE, cat_conditions, decode, denoise, guided, initial_latents,
                          sampling_grid, timestep_batch)
 from .models import adapter_for, model_hints
@@ -280,7 +280,8 @@ def edit(pipe, edits: list[Edit], arms: tuple[str, ...] = ARMS, steps: int = DEF
                 return torch.cat(preds)
 
             z0 = initial_latents(adapter, [e.seed for e in b]).repeat(len(arms), 1, 1, 1)
-            z = denoise(adapter, z0, pairs, prediction)
+            with eager_passes():  # the replacing processors hold per-step state
+                z = denoise(adapter, z0, pairs, prediction)
             bar.update(n * len(pairs))
             imgs = decode(adapter, z)
             for a, arm in enumerate(arms):

@@ -40,6 +40,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .attention import uncaptured_attention
 from .models.base import PipelineAdapter, TextCondition
 
 STRATEGIES = {"even": (0.0, 1.0), "random": (0.0, 1.0), "small": (0.0, 0.2), "middle": (0.4, 0.6), "large": (0.7, 0.9)}
@@ -133,14 +134,21 @@ def check_finite(x: torch.Tensor, what: str) -> torch.Tensor:
 @torch.no_grad()
 def class_losses(adapter: PipelineAdapter, x0: torch.Tensor, cond: TextCondition, t: torch.Tensor,
                  eps: torch.Tensor, weighting: str = "authors", batch_size: int = 64,
-                 progress: bool = False) -> torch.Tensor:
+                 progress: bool = False, attention: str = "sdpa") -> torch.Tensor:
     """Eq. 4: losses (N, T) for N prompts x T timesteps, batched over all (class, timestep) pairs.
 
     x0 (1, C, h, w); eps (T, C, h, w) shared by every class; on CUDA out-of-memory the batch is
-    halved and the chunk retried."""
+    halved and the chunk retried. The passes capture nothing: ``attention`` (:func:`.attention.uncaptured_attention`)
+    runs them on fused SDPA (``"sdpa"``) or on the capture path's explicit probabilities (``"explicit"``)."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     adapter = adapter.for_latent(x0)
+    with uncaptured_attention(adapter.denoiser, attention, adapter.joint_attention):
+        return _batched_losses(adapter, x0, cond, t, eps, weighting, batch_size, progress)
+
+
+def _batched_losses(adapter: PipelineAdapter, x0, cond: TextCondition, t, eps, weighting: str, batch_size: int,
+                    progress: bool) -> torch.Tensor:
     N, T = len(cond), len(t)
     alpha_t, sigma_t = adapter.alpha_sigma(t)
     view = (-1,) + (1,) * (x0.ndim - 1)

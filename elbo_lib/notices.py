@@ -3,6 +3,9 @@
 - transformers' torchvision fallback: without torchvision (the workbook does not need it) transformers announces
   that ``CLIPImageProcessor`` and ``SiglipImageProcessor`` fall back to their PIL versions. diffusers imports
   them on its own import; nothing of the workbook uses them, so the fallback changes nothing.
+- diffusers' "There are modules in UNet2DConditionModel that should be kept in float32: []" on every ``model.to(dtype)``
+  (``speed_up``'s precision lever), also when the list is empty, as it is for the supported families' UNets,
+  transformers and VAEs; a non-empty list still shows (and ``speed_up`` keeps those modules in float32).
 
 Two more notices are avoided rather than filtered: diffusers' ``torch_dtype`` deprecation (the workbook passes
 ``dtype``), and "Cannot initialize model with low cpu memory usage because `accelerate` was not found"
@@ -18,6 +21,7 @@ import re
 SILENCED = [
     ("transformers.utils.import_utils",
      re.compile(r"^`\w+ImageProcessor` requires torchvision \(not installed\); falling back to `\w+ImageProcessorPil`")),
+    ("diffusers.models.modeling_utils", re.compile(r"^There are modules in \w+ that should be kept in float32: \[\]\.")),
 ]
 
 

@@ -17,8 +17,8 @@ from .stable_diffusion import StableDiffusionAdapter, StableDiffusionXLAdapter
 
 __all__ = ["OBJECTIVES", "PipelineAdapter", "TextCondition", "adapter_for", "supported_pipelines", "to_pil_rgb",
            "load_pipeline", "component_dtypes", "pipeline_class_name", "adapter_class", "model_hints", "dir_hints",
-           "default_device_dtype", "StableDiffusionAdapter", "StableDiffusionXLAdapter", "StableDiffusion3Adapter",
-           "FluxAdapter", "PixArtSigmaAdapter"]
+           "default_device_dtype", "speed_up", "precision", "PRECISIONS", "COMPILE_MODES", "StableDiffusionAdapter",
+           "StableDiffusionXLAdapter", "StableDiffusion3Adapter", "FluxAdapter", "PixArtSigmaAdapter"]
 
 
 def default_device_dtype(device: str | None = None, dtype: torch.dtype | None = None,
@@ -115,6 +115,63 @@ def component_dtypes(dtype: torch.dtype) -> torch.dtype | dict:
     component in ``dtype``. The adapters cast at the boundary (the image to the VAE's dtype, the latent to the
     denoiser's). float32 (the CPU default) is one dtype for all."""
     return dtype if dtype == torch.float32 else {"vae": torch.float32, "default": dtype}
+
+
+PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+def precision(dtype: str | torch.dtype) -> torch.dtype:
+    """A denoiser precision by name (``"fp32"``, ``"fp16"``, ``"bf16"``) or as the torch dtype."""
+    if isinstance(dtype, torch.dtype) and dtype in PRECISIONS.values():
+        return dtype
+    if isinstance(dtype, str) and dtype in PRECISIONS:
+        return PRECISIONS[dtype]
+    raise ValueError(f"precision must be one of {list(PRECISIONS)} or the torch dtype, got {dtype!r}")
+
+
+def speed_up(pipe, dtype: str | torch.dtype | None = None, channels_last: bool = False,
+             compile: bool | str | None = None):
+    """The GPU levers on a loaded pipeline, in place (returns it):
+
+    - ``dtype``: every component in this precision except the VAE, which stays float32 (:func:`component_dtypes`);
+      fp16 / bf16 round the denoiser's outputs, so measurements change beyond float noise;
+    - ``channels_last``: the denoiser's 4-D weights in NHWC order, so cuDNN runs its convolutions without
+      layout transposes (the latents follow the weights' format from the first convolution on);
+    - ``compile``: ``torch.compile`` of the denoiser in place (``True`` is mode ``"default"``; or one of
+      :data:`COMPILE_MODES`); the first pass of each batch shape pays the compilation, and the attention passes,
+      whose capture processors keep Python state, run eagerly (:func:`..attention.eager_passes`).
+
+    The method's own speed settings (``batch_size``, ``elbo_attention``) are :class:`~elbo_lib.AlignConfig` fields."""
+    if not isinstance(channels_last, bool):
+        raise ValueError(f"channels_last must be True or False, got {channels_last!r}")
+    if compile is True:
+        compile = "default"
+    if compile not in (None, False) and compile not in COMPILE_MODES:
+        raise ValueError(f"compile must be True, False, None or one of {COMPILE_MODES}, got {compile!r}")
+    denoiser = adapter_for(pipe).denoiser
+    if dtype is not None:
+        rule = component_dtypes(precision(dtype))
+        for name, module in pipe.components.items():
+            if isinstance(module, torch.nn.Module):
+                _cast(module, rule.get(name, rule["default"]) if isinstance(rule, dict) else rule)
+    if channels_last:
+        denoiser.to(memory_format=torch.channels_last)
+    if compile:
+        denoiser.compile(mode=compile)
+    return pipe
+
+
+def _cast(module: torch.nn.Module, dtype: torch.dtype) -> None:
+    """``module`` in ``dtype``, except the submodules its class keeps in float32 (``_keep_in_fp32_modules``, as
+    ``from_pretrained`` keeps them)."""
+    if all(p.dtype == dtype for p in module.parameters() if p.is_floating_point()):
+        return
+    module.to(dtype=dtype)
+    keep = getattr(module, "_keep_in_fp32_modules", None) or []
+    for name, sub in module.named_modules():
+        if any(k in name.split(".") for k in keep):
+            sub.to(dtype=torch.float32)
 
 
 PROMPT_HINTS = ("elbo_template", "caption_template", "caption_item")
