@@ -2,8 +2,8 @@
 
 The authors' loop (``run_generation.py`` in VCG-team/elbo-t2ialign), followed step for step:
 
-- the prompt's noun phrases c_1..c_N (the authors take spaCy noun chunks, determiner included:
-  "a red circle"; here the caller names them);
+- the prompt's noun phrases c_1..c_N, determiner included: "a red circle" (spaCy noun chunks filtered as
+  the authors filter them: :mod:`elbo_lib.noun_phrases`; or named by the caller);
 - 50 deterministic DDIM steps on the training grid t = T-1, T-1-T/50, ..., T/50 - 1, each stepping to
   max(0, t - T/50) (the last one lands on alpha_bar[0], not on alpha_bar = 1);
 - at every step (``elbo_steps`` = all of them) the conditional predictions for the whole prompt and
@@ -13,9 +13,12 @@ The authors' loop (``run_generation.py`` in VCG-team/elbo-t2ialign), followed st
   compel (the library the authors use);
 - classifier-free guidance with an empty negative prompt (7.5 for SD 1.x / 2.x, 5.0 for SDXL, as theirs).
 
-Two documented departures, both in cases where the authors' code has no defined result: a prompt with
-fewer than two phrases is generated with the plain prompt (their minmax of one loss is 0/0), and so is a
-step at which every phrase has the same loss (all weights 1.0).
+A prompt with fewer than two phrases is generated with the plain prompt: theirs keeps the weight 1.0,
+"(a cat)1.0 on a mat", which compel encodes exactly as the plain prompt. Two documented departures, both where
+the authors' code has no defined result: a step at which every phrase has the same loss uses weights 1.0 (their
+minmax is 0/0, a NaN weight); and a phrase that cannot be marked at its first occurrence (a repeat, or one
+first found inside an earlier phrase) is dropped by :func:`usable_phrases` where a caller asks for it (their
+``generate_prompt`` writes one weight over another phrase's text there).
 
 SD 3 is not served: compel has no SD 3 wrapper, and the authors' SD 3 path hands the "(phrase)1.2" text to
 the pipeline's own encoders, which read the weight syntax as words. :func:`generate` refuses it by name.
@@ -181,6 +184,23 @@ def check_phrases(prompt: str, phrases: list[str]) -> list[str]:
         if s1 < e0:
             raise ValueError(f"phrases {p0!r} and {p1!r} overlap in the prompt {prompt!r}")
     return list(phrases)
+
+
+def usable_phrases(prompt: str, phrases: list[str]) -> tuple[list[str], list[str]]:
+    """(kept, dropped): the phrases :func:`weighted_prompt` can mark, in order. A phrase is placed at its first
+    occurrence (the authors' ``prompt.find``), so a repeated phrase ("a dog and a dog") or one first found
+    inside an earlier phrase ("a cat" in "a cat's toy and a cat") cannot be marked on its own: it is dropped.
+    On such prompts the authors' ``generate_prompt`` writes one phrase's weight over another's text."""
+    kept, spans, dropped = [], [], []
+    for p in phrases:
+        start = prompt.find(p) if isinstance(p, str) and p.strip() else -1
+        span = (start, start + len(p)) if start >= 0 else None
+        if span is None or p in kept or any(span[0] < e and s < span[1] for s, e in spans):
+            dropped.append(p)
+            continue
+        kept.append(p)
+        spans.append(span)
+    return kept, dropped
 
 
 def weighted_prompt(prompt: str, phrases: list[str], weights: list[float],
