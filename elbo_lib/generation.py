@@ -101,13 +101,18 @@ def guided(uncond: torch.Tensor, cond: torch.Tensor, guidance: float) -> torch.T
 NOISE = ("cpu", "device")
 
 
+def check_noise(noise: str) -> str:
+    if noise not in NOISE:
+        raise ValueError(f"noise must be one of {NOISE} (where the initial latent is drawn), got {noise!r}")
+    return noise
+
+
 def initial_latents(adapter, seeds: list[int], noise: str = "cpu") -> torch.Tensor:
     """One standard-normal latent per seed, each ``torch.manual_seed(seed); torch.randn(1, C, h, w)`` as the
     authors' ``prepare_latent`` draws it. ``noise="cpu"``: drawn on the CPU in float32 (the same numbers on every
     machine), then moved to the denoiser. ``"device"``: drawn on the denoiser's device in its dtype, which is
     what their code does on a GPU (other numbers than the CPU's for the same seed)."""
-    if noise not in NOISE:
-        raise ValueError(f"noise must be one of {NOISE}, got {noise!r}")
+    check_noise(noise)
     den = adapter.denoiser
     c, s = int(den.config.in_channels), int(den.config.sample_size)
     if noise == "cpu":
@@ -356,8 +361,8 @@ def generate(pipe, prompts: list[str], phrases: list[list[str]] | None, seeds: l
     _check_inputs(prompts, phrases, seeds, steps, elbo_steps, guidance, strength)
     if latents is not None:
         latents = _check_latents(adapter, latents, len(prompts))
-    elif noise not in NOISE:
-        raise ValueError(f"noise must be one of {NOISE}, got {noise!r}")
+    else:
+        check_noise(noise)  # before any denoiser call
     predict = autocast_predict(adapter, autocast)
     elbo_steps = steps if elbo_steps is None else elbo_steps
     guidance = GUIDANCE[adapter.family] if guidance is None else float(guidance)

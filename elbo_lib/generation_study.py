@@ -4,6 +4,8 @@ with its detector, on the paper's prompt sets (:func:`read_prompts`, :func:`run_
 CLIP score (:func:`elbo_lib.evaluation.generation.clip_score_table`)."""
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,7 +51,7 @@ def _generate_arms(model, texts: list[str], phrases: list[list[str]], seeds: lis
                    guidance: float | None, grid: str, strength: float, batch_size: int, device: str | None, cache_dir,
                    authors_device: bool = False, settings: dict | None = None) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Every (prompt, seed) with the plain prompt and with ELBO-T2IAlign's weights, cached in chunks: images per
-    arm and the reweighted arm's weights ((items, steps, MAX_PHRASES), NaN-padded). ``authors_device``: the
+    arm and the reweighted arm's weights ((items, steps, at least MAX_PHRASES), NaN-padded). ``authors_device``: the
     initial latents and the denoiser's precision as the authors' code runs on the pipeline's device
     (:func:`generation.authors_device_options`)."""
     items = [(t, ph, int(s)) for t, ph in zip(texts, phrases) for s in seeds]
@@ -154,7 +156,8 @@ def run_prompt_set(model: str | os.PathLike, prompts: list[str], phrases: list[l
     kind = torch.device(default_device_dtype(device)[0]).type  # the authors' precision differs on a GPU
     images, weights = _generate_arms(model, list(prompts), kept, list(seeds), steps, guidance, grid, strength,
                                      batch_size, device, cache_dir, authors_device=True,
-                                     settings={"precision": f"authors-{kind}"})
+                                     settings={"precision": f"authors-{kind}",  # the phrases change the images too
+                                               "phrases": hashlib.sha1(json.dumps(kept).encode()).hexdigest()})
     ids = np.repeat(np.arange(len(prompts)), len(seeds))
     return PromptSetRun(list(prompts), kept, dropped, [int(s) for s in seeds], images, weights, ids)
 
