@@ -2,8 +2,8 @@
 
 The authors' loop (``run_generation.py`` in VCG-team/elbo-t2ialign), followed step for step:
 
-- the prompt's noun phrases c_1..c_N (the authors take spaCy noun chunks, determiner included:
-  "a red circle"; here the caller names them);
+- the prompt's noun phrases c_1..c_N, determiner included: "a red circle" (spaCy noun chunks filtered as
+  the authors filter them: :mod:`elbo_lib.noun_phrases`; or named by the caller);
 - 50 deterministic DDIM steps on the training grid t = T-1, T-1-T/50, ..., T/50 - 1, each stepping to
   max(0, t - T/50) (the last one lands on alpha_bar[0], not on alpha_bar = 1);
 - at every step (``elbo_steps`` = all of them) the conditional predictions for the whole prompt and
@@ -13,9 +13,12 @@ The authors' loop (``run_generation.py`` in VCG-team/elbo-t2ialign), followed st
   compel (the library the authors use);
 - classifier-free guidance with an empty negative prompt (7.5 for SD 1.x / 2.x, 5.0 for SDXL, as theirs).
 
-Two documented departures, both in cases where the authors' code has no defined result: a prompt with
-fewer than two phrases is generated with the plain prompt (their minmax of one loss is 0/0), and so is a
-step at which every phrase has the same loss (all weights 1.0).
+A prompt with fewer than two phrases is generated with the plain prompt: theirs keeps the weight 1.0,
+"(a cat)1.0 on a mat", which compel encodes exactly as the plain prompt. Two documented departures, both where
+the authors' code has no defined result: a step at which every phrase has the same loss uses weights 1.0 (their
+minmax is 0/0, a NaN weight); and a phrase that cannot be marked at its first occurrence (a repeat, or one
+first found inside an earlier phrase) is dropped by :func:`usable_phrases` where a caller asks for it (their
+``generate_prompt`` writes one weight over another phrase's text there).
 
 SD 3 is not served: compel has no SD 3 wrapper, and the authors' SD 3 path hands the "(phrase)1.2" text to
 the pipeline's own encoders, which read the weight syntax as words. :func:`generate` refuses it by name.
@@ -95,12 +98,53 @@ def guided(uncond: torch.Tensor, cond: torch.Tensor, guidance: float) -> torch.T
     return uncond + guidance * (cond - uncond)
 
 
-def initial_latents(adapter, seeds: list[int]) -> torch.Tensor:
-    """One standard-normal latent per seed (``torch.manual_seed(seed); torch.randn(1, C, h, w)`` on CPU)."""
+NOISE = ("cpu", "device")
+
+
+def check_noise(noise: str) -> str:
+    if noise not in NOISE:
+        raise ValueError(f"noise must be one of {NOISE} (where the initial latent is drawn), got {noise!r}")
+    return noise
+
+
+def initial_latents(adapter, seeds: list[int], noise: str = "cpu") -> torch.Tensor:
+    """One standard-normal latent per seed, each ``torch.manual_seed(seed); torch.randn(1, C, h, w)`` as the
+    authors' ``prepare_latent`` draws it. ``noise="cpu"``: drawn on the CPU in float32 (the same numbers on every
+    machine), then moved to the denoiser. ``"device"``: drawn on the denoiser's device in its dtype, which is
+    what their code does on a GPU (other numbers than the CPU's for the same seed)."""
+    check_noise(noise)
     den = adapter.denoiser
     c, s = int(den.config.in_channels), int(den.config.sample_size)
-    z = [torch.randn(1, c, s, s, generator=torch.Generator().manual_seed(int(sd))) for sd in seeds]
-    return torch.cat(z).to(adapter.device, adapter.dtype)
+    if noise == "cpu":
+        z = [torch.randn(1, c, s, s, generator=torch.Generator().manual_seed(int(sd))) for sd in seeds]
+        return torch.cat(z).to(adapter.device, adapter.dtype)
+    dev, dt = adapter.device, adapter.dtype
+    return torch.cat([torch.randn(1, c, s, s, generator=torch.Generator(dev).manual_seed(int(sd)), device=dev, dtype=dt)
+                      for sd in seeds])
+
+
+def authors_device_options(pipe) -> dict:
+    """:func:`generate`'s ``noise`` and ``autocast`` as the authors' code runs on the pipeline's device. On CUDA
+    (their ``io.yaml``: fp16 weights, the VAE cast to fp32): the initial latent drawn on the GPU in the
+    denoiser's dtype, and every denoiser call under ``torch.autocast("cuda", torch.float16)``. On a CPU their
+    autocast (CUDA's) is inactive and the latent is drawn on the CPU in float32: the defaults."""
+    if adapter_for(pipe).device.type == "cuda":
+        return {"noise": "device", "autocast": torch.float16}
+    return {"noise": "cpu", "autocast": None}
+
+
+def autocast_predict(adapter, dtype: torch.dtype | None):
+    """``adapter.predict``, run under ``torch.autocast`` on the denoiser's device in ``dtype`` (None: as is).
+    Only the denoiser: text encoding and the VAE stay outside it, as in the authors' code."""
+    if dtype is None:
+        return adapter.predict
+    if dtype not in (torch.float16, torch.bfloat16):
+        raise ValueError(f"autocast must be torch.float16, torch.bfloat16 or None, got {dtype!r}")
+
+    def predict(z, t, cond):
+        with torch.autocast(adapter.device.type, dtype=dtype):
+            return adapter.predict(z, t, cond)
+    return predict
 
 
 @torch.no_grad()
@@ -145,6 +189,23 @@ def check_phrases(prompt: str, phrases: list[str]) -> list[str]:
         if s1 < e0:
             raise ValueError(f"phrases {p0!r} and {p1!r} overlap in the prompt {prompt!r}")
     return list(phrases)
+
+
+def usable_phrases(prompt: str, phrases: list[str]) -> tuple[list[str], list[str]]:
+    """(kept, dropped): the phrases :func:`weighted_prompt` can mark, in order. A phrase is placed at its first
+    occurrence (the authors' ``prompt.find``), so a repeated phrase ("a dog and a dog") or one first found
+    inside an earlier phrase ("a cat" in "a cat's toy and a cat") cannot be marked on its own: it is dropped.
+    On such prompts the authors' ``generate_prompt`` writes one phrase's weight over another's text."""
+    kept, spans, dropped = [], [], []
+    for p in phrases:
+        start = prompt.find(p) if isinstance(p, str) and p.strip() else -1
+        span = (start, start + len(p)) if start >= 0 else None
+        if span is None or p in kept or any(span[0] < e and s < span[1] for s, e in spans):
+            dropped.append(p)
+            continue
+        kept.append(p)
+        spans.append(span)
+    return kept, dropped
 
 
 def weighted_prompt(prompt: str, phrases: list[str], weights: list[float],
@@ -213,7 +274,9 @@ def cat_conditions(parts: list[TextCondition]) -> TextCondition:
 # ---- the generation loop --------------------------------------------------------------------------------
 @dataclass
 class Generation:
-    """Images and, per image, the prompt weights used at each step ((steps, N phrases); empty when plain)."""
+    """Images and, per image, the prompt weights used at each step and the phrase losses they came from
+    ((steps, N phrases); empty when plain); the final latents (before the VAE) and, with ``keep_trajectory``,
+    the latent after every step ((steps, images, C, h, w)); both float32 on the CPU."""
 
     images: np.ndarray
     prompts: list[str]
@@ -222,6 +285,9 @@ class Generation:
     reweight: bool
     weights: list[np.ndarray] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    losses: list[np.ndarray] = field(default_factory=list)
+    latents: torch.Tensor | None = None
+    trajectory: torch.Tensor | None = None
 
 
 def _check_inputs(prompts, phrases, seeds, steps, elbo_steps, guidance, strength):
@@ -229,7 +295,8 @@ def _check_inputs(prompts, phrases, seeds, steps, elbo_steps, guidance, strength
         raise TypeError("prompts must be a list of strings, got one string; wrap it: [prompt]")
     if phrases is None:
         raise ValueError("phrases are required: one list of noun phrases per prompt (the authors use spaCy noun "
-                         "chunks, e.g. ['a red circle', 'a blue square'] for 'a red circle and a blue square')")
+                         "chunks, e.g. ['a red circle', 'a blue square'] for 'a red circle and a blue square'; "
+                         "elbo_lib.noun_phrases extracts them)")
     if len(phrases) != len(prompts) or len(seeds) != len(prompts):
         raise ValueError(f"need one phrase list and one seed per prompt: {len(prompts)} prompts, "
                          f"{len(phrases)} phrase lists, {len(seeds)} seeds")
@@ -243,15 +310,28 @@ def _check_inputs(prompts, phrases, seeds, steps, elbo_steps, guidance, strength
         raise ValueError(f"strength must be > 0, got {strength}")
 
 
-def denoise(adapter, z: torch.Tensor, pairs: list[tuple[int, int]], prediction, bar=None) -> torch.Tensor:
+def _check_latents(adapter, latents: torch.Tensor, n: int) -> torch.Tensor:
+    den = adapter.denoiser
+    want = (n, int(den.config.in_channels), int(den.config.sample_size), int(den.config.sample_size))
+    if not isinstance(latents, torch.Tensor) or tuple(latents.shape) != want:
+        got = tuple(latents.shape) if isinstance(latents, torch.Tensor) else type(latents).__name__
+        raise ValueError(f"latents must be a tensor of shape {want} (one initial latent per prompt), got {got}")
+    return latents.to(adapter.device, adapter.dtype)
+
+
+def denoise(adapter, z: torch.Tensor, pairs: list[tuple[int, int]], prediction, bar=None,
+            on_step=None) -> torch.Tensor:
     """Run the sampler from z over (t, t_next) pairs; ``prediction(z, t, k)`` returns the guided prediction
-    at step k. One home for the step rule, shared by generation and editing."""
+    at step k; ``on_step(k, z)`` sees the latent after step k. One home for the step rule, shared by generation
+    and editing."""
     T = int(adapter.num_train_timesteps)
     for k, (t, nxt) in enumerate(pairs):
         pred = prediction(z, t, k)
         a_t, s_t = (v.view(1, 1, 1, 1) for v in adapter.alpha_sigma(torch.tensor([t / T], dtype=torch.float64)))
         a_n, s_n = (v.view(1, 1, 1, 1) for v in adapter.alpha_sigma(torch.tensor([nxt / T], dtype=torch.float64)))
         z = ddim_step(z.float(), pred.float(), adapter.objective, a_t, s_t, a_n, s_n).to(adapter.dtype)
+        if on_step is not None:
+            on_step(k, z)
         if bar is not None:
             bar.update(len(z))
     return z
@@ -266,19 +346,28 @@ def timestep_batch(adapter, t: int, n: int) -> torch.Tensor:
 def generate(pipe, prompts: list[str], phrases: list[list[str]] | None, seeds: list[int], reweight: bool = True,
              steps: int = DEFAULT_STEPS, elbo_steps: int | None = None, guidance: float | None = None,
              strength: float = ELBO_STRENGTH, negative_prompt: str = "", grid: str = "authors", batch_size: int = 16,
-             weighting: PromptWeighting | None = None, progress: bool = True) -> Generation:
+             weighting: PromptWeighting | None = None, progress: bool = True, latents: torch.Tensor | None = None,
+             noise: str = "cpu", autocast: torch.dtype | None = None, keep_trajectory: bool = False) -> Generation:
     """Generate one image per (prompt, seed); ``reweight=False`` is the baseline (the plain prompt through the
     same sampler, encoder and guidance). ``elbo_steps``: reweight during the first that many steps (default:
     all). ``grid``: see :func:`sampling_grid`. ``guidance`` defaults to the authors' scale for the family.
+    Initial latents: drawn from ``seeds`` (``noise``: see :func:`initial_latents`), or given as ``latents``
+    (N, C, h, w). ``autocast``: the denoiser's calls under ``torch.autocast`` in that dtype (the authors' GPU
+    run: :func:`authors_device_options`); the VAE decodes in its own dtype (float32 from ``load_pipeline``).
     Batched: each step's phrase predictions of a whole batch of prompts go through the denoiser in one call."""
     adapter = adapter_for(pipe)
     weighting = weighting or PromptWeighting(pipe)
     seeds = [int(s) for s in seeds]
     _check_inputs(prompts, phrases, seeds, steps, elbo_steps, guidance, strength)
+    if latents is not None:
+        latents = _check_latents(adapter, latents, len(prompts))
+    else:
+        check_noise(noise)  # before any denoiser call
+    predict = autocast_predict(adapter, autocast)
     elbo_steps = steps if elbo_steps is None else elbo_steps
     guidance = GUIDANCE[adapter.family] if guidance is None else float(guidance)
     pairs = sampling_grid(adapter, steps, grid)
-    images, weights, notes = [], [], []
+    images, weights, losses, notes, finals, trajs = [], [], [], [], [], []
     bar = tqdm(total=len(prompts) * len(pairs), desc="reweighted generation" if reweight else "generation",
                disable=not progress)
     for s in range(0, len(prompts), batch_size):
@@ -291,30 +380,39 @@ def generate(pipe, prompts: list[str], phrases: list[list[str]] | None, seeds: l
         phr_idx = [(i, j) for i in rows for j in range(len(b_phr[i]))]
         phr_cond = weighting([b_phr[i][j] for i, j in phr_idx]) if phr_idx else None
         w_hist = [np.ones((len(pairs), len(ph)), dtype=np.float32) for ph in b_phr]
+        l_hist = [np.zeros((len(pairs), len(ph)), dtype=np.float32) for ph in b_phr]
 
         def prediction(z, t, k):
             if not rows or k >= elbo_steps:
-                out = adapter.predict(torch.cat([z, z]), timestep_batch(adapter, t, 2 * n), cat_conditions([plain, uncond]))
+                out = predict(torch.cat([z, z]), timestep_batch(adapter, t, 2 * n), cat_conditions([plain, uncond]))
                 return guided(out[n:].float(), out[:n].float(), guidance)
             # one call: the whole prompt and each phrase (conditional, unweighted), and the negative prompt
             sel = torch.tensor(rows)
             zin = torch.cat([z[sel], z[torch.tensor([i for i, _ in phr_idx])], z])
-            out = adapter.predict(zin, timestep_batch(adapter, t, len(zin)), cat_conditions([plain.index(sel), phr_cond, uncond]))
+            out = predict(zin, timestep_batch(adapter, t, len(zin)), cat_conditions([plain.index(sel), phr_cond, uncond]))
             m, q = len(rows), len(phr_idx)
             pred_all, pred_phr, pred_u = out[:m].float(), out[m:m + q].float(), out[m + q:].float()
             texts = list(b_prompts)
             for r, i in enumerate(rows):
                 js = [c for c, (ii, _) in enumerate(phr_idx) if ii == i]
-                losses = torch.stack([torch.mean((pred_all[r] - pred_phr[c]) ** 2) for c in js])
-                w = phrase_weights(losses, strength)
-                w_hist[i][k] = w
+                l = torch.stack([torch.mean((pred_all[r] - pred_phr[c]) ** 2) for c in js])
+                w = phrase_weights(l, strength)
+                w_hist[i][k], l_hist[i][k] = w, l.cpu().numpy()
                 texts[i] = weighted_prompt(b_prompts[i], b_phr[i], w)
-            pred_c = adapter.predict(z, timestep_batch(adapter, t, n), weighting(texts)).float()
+            pred_c = predict(z, timestep_batch(adapter, t, n), weighting(texts)).float()
             return guided(pred_u, pred_c, guidance)
 
-        z = denoise(adapter, initial_latents(adapter, seeds[s:s + batch_size]), pairs, prediction, bar)
+        z0 = latents[s:s + batch_size] if latents is not None else initial_latents(adapter, seeds[s:s + batch_size], noise)
+        traj = []
+        z = denoise(adapter, z0, pairs, prediction, bar,
+                    on_step=(lambda k, z: traj.append(z.float().cpu())) if keep_trajectory else None)
         images.append(decode(adapter, z))
-        weights += [w if active[i] else np.zeros((len(pairs), 0), dtype=np.float32) for i, w in enumerate(w_hist)]
+        finals.append(z.float().cpu())
+        if keep_trajectory:
+            trajs.append(torch.stack(traj))
+        empty = np.zeros((len(pairs), 0), dtype=np.float32)
+        weights += [w if active[i] else empty for i, w in enumerate(w_hist)]
+        losses += [l if active[i] else empty for i, l in enumerate(l_hist)]
     bar.close()
     return Generation(np.concatenate(images), list(prompts), [list(p) for p in phrases], seeds, reweight,
-                      weights, notes)
+                      weights, notes, losses, torch.cat(finals), torch.cat(trajs, dim=1) if keep_trajectory else None)

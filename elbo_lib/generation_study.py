@@ -1,10 +1,14 @@
-"""The generation side's experiments on the toy world (Table V / Fig. 5, Fig. 6), for the notebooks: run the
-arms on the same prompts, seeds and edits (cached in chunks, so an interrupted run resumes), and score them
-with the toy detector."""
+"""The generation side's experiments (Table V / Fig. 5, Fig. 6), for the notebooks: run the arms on the same
+prompts, seeds and edits (cached in chunks, so an interrupted run resumes), and score them: on the toy world
+with its detector, on the paper's prompt sets (:func:`read_prompts`, :func:`run_prompt_set`) with the authors'
+CLIP score (:func:`elbo_lib.evaluation.generation.clip_score_table`)."""
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -13,9 +17,9 @@ from scipy import stats
 
 from . import editing, generation
 from .evaluation.cache import ChunkCache
-from .evaluation.generation import (COMPOSITION_METRICS, EDIT_METRICS, composition_record, edit_record,
-                                    paired_mean_table, paired_table)
-from .models import load_pipeline
+from .evaluation.generation import (COMPOSITION_METRICS, EDIT_METRICS, clip_score_table, clip_scores,
+                                    composition_record, edit_record, paired_mean_table, paired_table)
+from .models import default_device_dtype, load_pipeline
 from .toy.compositions import CompositionPrompt, ToyEdit
 from .toy.detector import present
 
@@ -43,33 +47,49 @@ class CompositionRun:
     items: list[tuple[CompositionPrompt, int]]
 
 
+def _generate_arms(model, texts: list[str], phrases: list[list[str]], seeds: list[int], steps: int,
+                   guidance: float | None, grid: str, strength: float, batch_size: int, device: str | None, cache_dir,
+                   authors_device: bool = False, settings: dict | None = None) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Every (prompt, seed) with the plain prompt and with ELBO-T2IAlign's weights, cached in chunks: images per
+    arm and the reweighted arm's weights ((items, steps, at least MAX_PHRASES), NaN-padded). ``authors_device``: the
+    initial latents and the denoiser's precision as the authors' code runs on the pipeline's device
+    (:func:`generation.authors_device_options`)."""
+    items = [(t, ph, int(s)) for t, ph in zip(texts, phrases) for s in seeds]
+    pipe = _LazyPipe(model, device)
+    width = max([MAX_PHRASES] + [len(ph) for ph in phrases])
+    out, weights = {}, None
+    for arm in GENERATION_ARMS:
+        reweight = arm != "baseline"
+        keys = dict(arm=arm, steps=steps, guidance=guidance, grid=grid, strength=strength, batch=batch_size,
+                    **(settings or {}))
+
+        def compute(s, e):
+            chunk = items[s:e]
+            opts = generation.authors_device_options(pipe()) if authors_device else {}
+            g = generation.generate(pipe(), [t for t, _, _ in chunk], [ph for _, ph, _ in chunk],
+                                    [sd for _, _, sd in chunk], reweight=reweight, steps=steps, guidance=guidance,
+                                    strength=strength, grid=grid, batch_size=batch_size, progress=True, **opts)
+            w = np.full((len(chunk), len(g.weights[0]), width), np.nan, dtype=np.float32)
+            for i, wi in enumerate(g.weights):
+                w[i, :, :wi.shape[1]] = wi
+            return {"images": g.images, "weights": w}
+
+        res = ChunkCache(cache_dir, model, "generations", keys).run(
+            [f"{t}|{sd}" for t, _, sd in items], batch_size, compute)
+        out[arm] = res["images"]
+        if reweight:
+            weights = res["weights"]
+    return out, weights
+
+
 def run_composition(model: str | os.PathLike, prompts: list[CompositionPrompt], seeds: list[int],
                     steps: int = generation.DEFAULT_STEPS, guidance: float | None = None, grid: str = "authors",
                     strength: float = generation.ELBO_STRENGTH, batch_size: int = 32, device: str | None = None,
                     cache_dir=None) -> CompositionRun:
     """Generate every (prompt, seed) with the plain prompt and with ELBO-T2IAlign's weights; detector verdicts."""
     items = [(p, int(s)) for p in prompts for s in seeds]
-    pipe = _LazyPipe(model, device)
-    out, weights = {}, None
-    for arm in GENERATION_ARMS:
-        reweight = arm != "baseline"
-        settings = dict(arm=arm, steps=steps, guidance=guidance, grid=grid, strength=strength, batch=batch_size)
-
-        def compute(s, e):
-            chunk = items[s:e]
-            g = generation.generate(pipe(), [p.prompt for p, _ in chunk], [p.phrases for p, _ in chunk],
-                                    [sd for _, sd in chunk], reweight=reweight, steps=steps, guidance=guidance,
-                                    strength=strength, grid=grid, batch_size=batch_size, progress=True)
-            w = np.full((len(chunk), len(g.weights[0]), MAX_PHRASES), np.nan, dtype=np.float32)
-            for i, wi in enumerate(g.weights):
-                w[i, :, :wi.shape[1]] = wi
-            return {"images": g.images, "weights": w}
-
-        res = ChunkCache(cache_dir, model, "generations", settings).run(
-            [f"{p.prompt}|{sd}" for p, sd in items], batch_size, compute)
-        out[arm] = res["images"]
-        if reweight:
-            weights = res["weights"]
+    out, weights = _generate_arms(model, [p.prompt for p in prompts], [p.phrases for p in prompts], seeds, steps,
+                                  guidance, grid, strength, batch_size, device, cache_dir)
     rows = []
     for arm in GENERATION_ARMS:
         for k, ((p, sd), img) in enumerate(zip(items, out[arm])):
@@ -77,6 +97,69 @@ def run_composition(model: str | os.PathLike, prompts: list[CompositionPrompt], 
             rows.append({"item": k, "prompt": p.prompt, "seed": sd, "kind": p.kind, "arm": arm,
                          **{c: r[c] for c in ("all_present", "n_objects", "shapes_found", "bound")}})
     return CompositionRun(pd.DataFrame(rows), out, weights, items)
+
+
+# ---- the paper's prompt sets --------------------------------------------------------------------------------
+PROMPT_SETS = {"AnE.txt": "Attend-and-Excite", "DVMP.txt": "DVMP", "ABC-6K.txt": "ABC-6K"}  # the authors' file names
+AUTHORS_NUM_PROMPTS = 1000  # their configs/run_generation.yaml num_prompts: the first 1000 lines of each file
+AUTHORS_SEEDS = (4307,)     # their io.yaml seed; num_imgs_per_prompt 1 (image k of a prompt: seed 4307 + k)
+
+
+def read_prompts(path: str | os.PathLike, n: int | None = None) -> list[str]:
+    """A prompt set file as the authors' ``TextDataset`` reads it: one prompt a line, stripped; the first ``n``
+    (all with None). Blank lines at the end are ignored; a blank line before a prompt is an error."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"no prompt file at {p}: one prompt a line, e.g. the authors' "
+                                f"{', '.join(PROMPT_SETS)} (their datasets/ folder on the hub: Matrix53/elbo-t2ialign)")
+    lines = [ln.strip() for ln in p.read_text(encoding="utf-8").splitlines()]
+    while lines and not lines[-1]:
+        lines.pop()
+    blank = [k + 1 for k, ln in enumerate(lines) if not ln]
+    if blank:
+        raise ValueError(f"{p}: line {blank[0]} is blank; a prompt file holds one prompt a line")
+    if not lines:
+        raise ValueError(f"{p} holds no prompt; a prompt file holds one prompt a line")
+    if n is not None and n < 1:
+        raise ValueError(f"the number of prompts must be >= 1 (or None for all), got {n}")
+    return lines[:n]
+
+
+@dataclass
+class PromptSetRun:
+    prompts: list[str]
+    phrases: list[list[str]]        # the phrases weighted per prompt (after generation.usable_phrases)
+    dropped: list[list[str]]        # phrases that could not be marked in the prompt (repeats, overlaps)
+    seeds: list[int]
+    images: dict[str, np.ndarray]   # arm -> (prompts x seeds, H, W, 3), prompt-major
+    weights: np.ndarray             # (prompts x seeds, steps, max phrases) ELBO-T2IAlign's weights, NaN-padded
+    prompt_ids: np.ndarray          # the prompt index of each image
+
+    @property
+    def texts(self) -> list[str]:
+        """Each image's prompt."""
+        return [self.prompts[k] for k in self.prompt_ids]
+
+
+def run_prompt_set(model: str | os.PathLike, prompts: list[str], phrases: list[list[str]],
+                   seeds: tuple[int, ...] | list[int] = AUTHORS_SEEDS, steps: int = generation.DEFAULT_STEPS,
+                   guidance: float | None = None, grid: str = "authors", strength: float = generation.ELBO_STRENGTH,
+                   batch_size: int = 8, device: str | None = None, cache_dir=None) -> PromptSetRun:
+    """Both arms on a prompt set, as the authors run it: their grid, 50 steps, their guidance, and on a GPU
+    their precision (:func:`generation.authors_device_options`). ``phrases``: one list per prompt (e.g.
+    :class:`elbo_lib.noun_phrases.NounPhrases`'s); a phrase that cannot be marked in its prompt is dropped
+    (:func:`generation.usable_phrases`; listed in ``dropped``)."""
+    if len(phrases) != len(prompts):
+        raise ValueError(f"need one phrase list per prompt: {len(prompts)} prompts, {len(phrases)} phrase lists")
+    split = [generation.usable_phrases(t, list(ph)) for t, ph in zip(prompts, phrases)]
+    kept, dropped = [k for k, _ in split], [d for _, d in split]
+    kind = torch.device(default_device_dtype(device)[0]).type  # the authors' precision differs on a GPU
+    images, weights = _generate_arms(model, list(prompts), kept, list(seeds), steps, guidance, grid, strength,
+                                     batch_size, device, cache_dir, authors_device=True,
+                                     settings={"precision": f"authors-{kind}",  # the phrases change the images too
+                                               "phrases": hashlib.sha1(json.dumps(kept).encode()).hexdigest()})
+    ids = np.repeat(np.arange(len(prompts)), len(seeds))
+    return PromptSetRun(list(prompts), kept, dropped, [int(s) for s in seeds], images, weights, ids)
 
 
 def composition_table(run: CompositionRun, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
@@ -106,6 +189,17 @@ def discordant_pairs(run: CompositionRun) -> dict:
     p = stats.binomtest(only_a, only_a + only_b, 0.5).pvalue if only_a + only_b else 1.0
     return {"only ELBO-T2IAlign": only_a, "only baseline": only_b, "both": int((wide[a] & wide[b]).sum()),
             "neither": int((~wide[a] & ~wide[b]).sum()), "mcnemar_p": float(p)}
+
+
+def prompt_set_clip(run: PromptSetRun, model, processor, n_boot: int = 1000, seed: int = 0,
+                    batch_size: int = 16) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The authors' CLIP score of both arms' images (:func:`evaluation.generation.clip_scores`): per image
+    (prompt index, seed, one column per arm), and the table (:func:`evaluation.generation.clip_score_table`)."""
+    texts = run.texts
+    scores = {arm: clip_scores(model, processor, list(run.images[arm]), texts, batch_size) for arm in GENERATION_ARMS}
+    per_image = pd.DataFrame({"prompt": run.prompt_ids, "seed": np.tile(run.seeds, len(run.prompts)), **scores})
+    table = clip_score_table(scores, run.prompt_ids, GENERATION_ARMS[1], GENERATION_ARMS[0], n_boot, seed)
+    return per_image, table
 
 
 # ---- editing ---------------------------------------------------------------------------------------------------

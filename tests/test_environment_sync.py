@@ -1,4 +1,4 @@
-"""pyproject.toml and environment.yml list the same pinned dependencies."""
+"""pyproject.toml (dependencies and extras) and environment.yml list the same pinned dependencies."""
 import re
 import tomllib
 from pathlib import Path
@@ -11,7 +11,9 @@ def _norm(req: str) -> str:
 
 
 def test_dependencies_in_sync():
-    py = {_norm(r) for r in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]}
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    extras = [r for reqs in project.get("optional-dependencies", {}).values() for r in reqs]
+    py = {_norm(r) for r in project["dependencies"] + extras}
     env_lines = (ROOT / "environment.yml").read_text().splitlines()
     start = next(i for i, ln in enumerate(env_lines) if ln.strip() == "- pip:")
     env = {_norm(ln.strip()[2:]) for ln in env_lines[start + 1:] if ln.strip().startswith("- ") and "==" in ln}

@@ -1,5 +1,8 @@
 """Table V's reweighted generation: the weight rule, the prompt syntax, the sampler against diffusers' DDIM,
-the batched loop against a naive per-prompt loop of the authors' algorithm, and bad inputs."""
+the batched loop against a naive per-prompt loop of the authors' algorithm, bad inputs, and the authors' GPU
+path (the latent drawn on the device, the denoiser under autocast) run on the CPU."""
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
@@ -157,3 +160,52 @@ def test_generate_bad_inputs(pipes):
         G.generate(pipe, [PROMPT], [PHRASES], [0], steps=4, grid="karras", progress=False)
     with pytest.raises(ValueError, match="SD 1.x / 2.x and SDXL"):
         G.generate(pipes["sd3"], [PROMPT], [PHRASES], [0], progress=False)
+
+
+def test_authors_gpu_path_runs_on_cpu_with_bf16_autocast(pipes):
+    """The GPU run as the authors': the seed's latent drawn on the denoiser's device in its dtype, the denoiser
+    under autocast, the VAE in float32. Exercised on the CPU with bfloat16 autocast."""
+    pipe = pipes["sd1"]
+    ad = adapter_for(pipe)
+    assert G.authors_device_options(pipe) == {"noise": "cpu", "autocast": None}  # their autocast is CUDA's
+    z = G.initial_latents(ad, [3, 4], noise="device")
+    assert z.shape == (2, 4, 16, 16) and z.device == ad.device and z.dtype == ad.dtype
+    assert torch.equal(z[1:], torch.randn(1, 4, 16, 16, generator=torch.Generator(ad.device).manual_seed(4),
+                                          device=ad.device, dtype=ad.dtype))
+    seen = {"unet": set(), "vae": set()}
+    hooks = [pipe.unet.register_forward_hook(lambda m, i, o: seen["unet"].add(o.sample.dtype)),
+             pipe.vae.decoder.register_forward_pre_hook(lambda m, args: seen["vae"].add(args[0].dtype))]
+    kw = dict(steps=3, guidance=7.5, grid="authors", progress=False)
+    try:
+        fast = G.generate(pipe, [PROMPT], [PHRASES], [7], noise="device", autocast=torch.bfloat16, **kw)
+    finally:
+        for h in hooks:
+            h.remove()
+    assert seen == {"unet": {torch.bfloat16}, "vae": {torch.float32}}
+    assert fast.images.shape == (1, 32, 32, 3) and fast.images.dtype == np.uint8
+    assert fast.latents.dtype == torch.float32 and fast.weights[0].shape == (3, 2)
+    plain = G.generate(pipe, [PROMPT], [PHRASES], [7], **kw)
+    assert not torch.equal(fast.latents, plain.latents)  # autocast was on
+    assert (fast.latents - plain.latents).abs().max() < 0.1 * plain.latents.abs().max()  # bf16 rounding only
+    again = G.generate(pipe, [PROMPT], [PHRASES], [7], noise="device", autocast=torch.bfloat16, **kw)
+    assert torch.equal(again.latents, fast.latents) and np.array_equal(again.images, fast.images)
+
+
+def test_authors_device_options_on_cuda(monkeypatch, pipes):
+    monkeypatch.setattr(G, "adapter_for", lambda pipe: SimpleNamespace(device=torch.device("cuda", 0)))
+    assert G.authors_device_options(pipes["sd1"]) == {"noise": "device", "autocast": torch.float16}
+
+
+def test_given_initial_latents_and_bad_device_options(pipes):
+    pipe = pipes["sd1"]
+    kw = dict(steps=2, guidance=7.5, grid="authors", progress=False)
+    z = G.initial_latents(adapter_for(pipe), [5, 6])
+    a = G.generate(pipe, [PROMPT, PROMPT], [PHRASES, PHRASES], [5, 6], **kw)
+    b = G.generate(pipe, [PROMPT, PROMPT], [PHRASES, PHRASES], [0, 0], latents=z, **kw)
+    assert np.array_equal(a.images, b.images) and torch.equal(a.latents, b.latents)
+    with pytest.raises(ValueError, match=r"latents must be a tensor of shape \(2, 4, 16, 16\)"):
+        G.generate(pipe, [PROMPT, PROMPT], [PHRASES, PHRASES], [0, 0], latents=z[:1], **kw)
+    with pytest.raises(ValueError, match="noise must be one of"):
+        G.generate(pipe, [PROMPT], [PHRASES], [0], noise="gpu", **kw)
+    with pytest.raises(ValueError, match="autocast must be"):
+        G.generate(pipe, [PROMPT], [PHRASES], [0], autocast=torch.float64, **kw)

@@ -6,13 +6,12 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
 
 from elbo_lib.aligner import Aligner, finalize
 from elbo_lib.evaluation.cache import ChunkCache
 from elbo_lib.evaluation.generation import (clip_scores, composition_record, edit_record, paired_ratio_difference)
 from elbo_lib.generation_study import CompositionRun, composition_table, discordant_pairs
-from elbo_lib.models.random_init import tiny_clip_tokenizer
+from elbo_lib.models.random_init import tiny_clip, tiny_clip_tokenizer
 from elbo_lib.toy.compositions import composition_prompts, toy_edits
 from elbo_lib.toy.world import RARE_SHAPE, ToyObject, render
 
@@ -110,22 +109,8 @@ def test_chunk_cache_resumes_without_recomputing(tmp_path):
         ChunkCache(tmp_path, "toy", "runs", {"k": 2}).run(items, 3, lambda s, e: {"x": np.zeros(1)})
 
 
-def _tiny_clip():
-    tok = tiny_clip_tokenizer()
-    cfg = CLIPConfig(text_config=dict(vocab_size=len(tok), hidden_size=32, intermediate_size=37, num_hidden_layers=2,
-                                      num_attention_heads=4, max_position_embeddings=77, bos_token_id=tok.bos_token_id,
-                                      eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id),
-                     vision_config=dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
-                                        image_size=32, patch_size=8),
-                     projection_dim=16)
-    torch.manual_seed(0)
-    proc = CLIPProcessor(image_processor=CLIPImageProcessor(size={"shortest_edge": 32},
-                                                            crop_size={"height": 32, "width": 32}), tokenizer=tok)
-    return CLIPModel(cfg).eval(), proc
-
-
 def test_clip_score_is_scaled_cosine_and_batch_invariant():
-    model, proc = _tiny_clip()
+    model, proc = tiny_clip()
     rng = np.random.default_rng(0)
     imgs = [rng.integers(0, 255, (40, 48, 3), dtype=np.uint8) for _ in range(3)]
     prompts = ["a red circle", "a blue square and a green star", "a photo of a cat"]

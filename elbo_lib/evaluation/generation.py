@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 import torch
 from PIL import Image
+from transformers import CLIPModel, CLIPProcessor
 
 from ..toy.detector import detect, find
 from .metrics import bootstrap_over
@@ -125,12 +126,37 @@ def paired_mean_table(df: pd.DataFrame, metrics, arm_col: str, a: str, b: str, k
 
 
 # ---- CLIP score (real models) ----------------------------------------------------------------------------------
+# The authors' evaluate_generation.py computes one score, the full-prompt image-text CLIP score: for each image,
+# CLIPProcessor(text=its prompt, images=[image], padding=True) through CLIPModel, ``logits_per_image`` (the
+# model's logit scale times the cosine of the projected image and text embeddings: 100 x cosine for OpenAI's
+# CLIPs); the mean over a prompt's images; ``avg_clip_score``, the mean of those over prompts. No minimum-object
+# or text-text similarity is computed there.
+def load_clip(name: str, device: str = "cpu"):
+    """(model, processor) of a CLIP checkpoint (hub id or directory) in float32, the authors' ``clip.dtype``;
+    safetensors weights only."""
+    model = CLIPModel.from_pretrained(name, use_safetensors=True, dtype=torch.float32).eval().to(device)
+    return model, CLIPProcessor.from_pretrained(name)
+
+
+def check_clip_prompts(processor, prompts: list[str]) -> None:
+    """Each prompt must fit the CLIP text encoder (the authors' processor call does not truncate, so a longer
+    prompt fails inside CLIP); raise naming the first that does not."""
+    tok = processor.tokenizer
+    limit = int(tok.model_max_length)
+    for k, p in enumerate(prompts):
+        n = len(tok(p).input_ids)
+        if n > limit:
+            raise ValueError(f"prompt {k} has {n} CLIP tokens, more than the {limit} CLIP reads (the authors' "
+                             f"evaluation does not truncate): {p[:80]!r}")
+
+
 @torch.no_grad()
 def clip_scores(model, processor, images, prompts: list[str], batch_size: int = 16) -> np.ndarray:
     """The authors' CLIP score of each (image, prompt) pair: ``logits_per_image`` of ``transformers.CLIPModel``
     (logit scale x cosine similarity; 100 x cosine for ViT-L/14)."""
     if len(images) != len(prompts):
         raise ValueError(f"{len(images)} images for {len(prompts)} prompts")
+    check_clip_prompts(processor, list(prompts))
     device = next(model.parameters()).device
     out = []
     for s in range(0, len(images), batch_size):
@@ -140,3 +166,27 @@ def clip_scores(model, processor, images, prompts: list[str], batch_size: int = 
         logits = model(**{k: v.to(device) for k, v in inputs.items()}).logits_per_image
         out.append(torch.diagonal(logits).float().cpu())
     return torch.cat(out).numpy()
+
+
+def average_clip_score(scores: np.ndarray, prompt_ids) -> float:
+    """The authors' ``avg_clip_score``: the mean over prompts of each prompt's mean score over its images."""
+    scores = np.asarray(scores, dtype=float)
+    if len(scores) != len(prompt_ids) or len(scores) == 0:
+        raise ValueError(f"need one prompt id per score and at least one score: {len(scores)} scores, "
+                         f"{len(prompt_ids)} ids")
+    return float(pd.Series(scores).groupby(np.asarray(prompt_ids)).mean().mean())
+
+
+def clip_score_table(scores: dict[str, np.ndarray], prompt_ids, a: str, b: str, n_boot: int = 1000,
+                     seed: int = 0) -> pd.DataFrame:
+    """One row per arm with the authors' average CLIP score, and a row for ``a`` minus ``b``: the difference of
+    the averages, paired (same prompts and seeds), with a 95% bootstrap interval that resamples prompts."""
+    ids = np.asarray(prompt_ids)
+    per_prompt = {arm: pd.Series(np.asarray(v, dtype=float)).groupby(ids).mean() for arm, v in scores.items()}
+    rows = [{"arm": arm, "CLIP score": average_clip_score(v, ids), "prompts": len(per_prompt[arm]),
+             "images": len(v), "ci95": ""} for arm, v in scores.items()]
+    d = (per_prompt[a] - per_prompt[b]).to_numpy()
+    ci, _ = bootstrap_over(len(d), lambda i: d[i].mean(), n_boot, seed)
+    rows.append({"arm": f"{a} - {b}", "CLIP score": float(d.mean()), "prompts": len(d), "images": len(ids),
+                 "ci95": f"[{ci[0]:+.3f}, {ci[1]:+.3f}]"})
+    return pd.DataFrame(rows)

@@ -14,8 +14,8 @@ from diffusers import (AutoencoderKL, DDIMScheduler, DPMSolverMultistepScheduler
                        FluxPipeline, FluxTransformer2DModel, PixArtSigmaPipeline, PixArtTransformer2DModel,
                        SD3Transformer2DModel, StableDiffusion3Pipeline, StableDiffusionPipeline,
                        StableDiffusionXLPipeline, UNet2DConditionModel)
-from transformers import (CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, T5Config, T5EncoderModel,
-                          T5TokenizerFast)
+from transformers import (CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTextConfig, CLIPTextModel,
+                          CLIPTextModelWithProjection, T5Config, T5EncoderModel, T5TokenizerFast)
 
 from .tokenizer import build_t5_tokenizer, build_tokenizer
 
@@ -74,6 +74,22 @@ def tiny_clip_tokenizer(max_length: int = 77, words: tuple[str, ...] = ()):
     """CLIP BPE over :data:`WORDS` plus ``words`` (each word of a multi-word phrase becomes one token)."""
     extra = [w for phrase in words for w in phrase.lower().split()]
     return build_tokenizer(WORDS + [w for w in dict.fromkeys(extra) if w not in WORDS], model_max_length=max_length)
+
+
+def tiny_clip(seed: int = 0) -> tuple[CLIPModel, CLIPProcessor]:
+    """A CLIP image-text model (2 layers per tower, width 32, 32 px images) and its processor, for the Table V
+    CLIP score's tests; ``save_pretrained`` both to use it by path."""
+    tok = tiny_clip_tokenizer()
+    cfg = CLIPConfig(text_config=dict(vocab_size=len(tok), hidden_size=32, intermediate_size=37, num_hidden_layers=2,
+                                      num_attention_heads=4, max_position_embeddings=77, bos_token_id=tok.bos_token_id,
+                                      eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id),
+                     vision_config=dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
+                                        image_size=32, patch_size=8),
+                     projection_dim=16)
+    torch.manual_seed(seed)
+    proc = CLIPProcessor(image_processor=CLIPImageProcessor(size={"shortest_edge": 32},
+                                                            crop_size={"height": 32, "width": 32}), tokenizer=tok)
+    return CLIPModel(cfg).eval(), proc
 
 
 def tiny_t5_tokenizer():
