@@ -6,8 +6,9 @@ The method (Alg. 1, Eqs. 4-5) rests on three premises:
 1. a class's summed ELBO loss (Eq. 4) is higher when its cross-attention alignment is weaker, so its score
    S = gamma ** minmax(ELB) (Eq. 5) is lower exactly for the classes the uncalibrated heatmaps segment badly
    (:func:`class_rows`, :func:`within_image_spearman`);
-2. raising a weak class's min-max normalised heatmap to the power 1 / S (Alg. 1 line 7) gives it back pixels
-   the argmax gave to stronger classes: measured as the mIoU of per-class exponents chosen with the ground
+2. the power 1 / S of a class's min-max normalised heatmap (Alg. 1 line 7, the "S-th root"; S <= 1, so the
+   exponent is >= 1 and a high-loss class's map is pushed down, strongest where it is weak) moves argmax pixels
+   between classes in the right direction: measured as the mIoU of per-class exponents chosen with the ground
    truth (an upper bound), of the ELBO's S, of S shuffled among an image's classes and of each image's mean S
    (:func:`variant_iu`, :func:`miou_table`);
 3. the self-attention refinement (Alg. 1 line 8) spreads a class's mass over its own object
@@ -301,6 +302,8 @@ def size_bucket_table(rows: pd.DataFrame, n_buckets: int = 3, n_boot: int = 1000
     if n_buckets < 1:
         raise ValueError(f"n_buckets must be >= 1, got {n_buckets}")
     edges = np.unique(np.quantile(rows.area, np.linspace(0, 1, n_buckets + 1)))
+    if len(edges) == 1:  # every object the same size: one bucket
+        edges = np.repeat(edges, 2)
     bucket = np.clip(np.searchsorted(edges, rows.area, side="right") - 1, 0, len(edges) - 2)
     settings = [c[2:] for c in rows.columns if c.startswith("i|")]
     out = []
