@@ -192,23 +192,32 @@ def oracle_choice(stack: np.ndarray, lab_local: np.ndarray, threshold: float, ma
     return np.asarray(choice)
 
 
-def variant_iu(image_id: str, m: Measurement, label: np.ndarray, class_ids: list[int], cfg: AlignConfig,
-               threshold: float, elbo_idx=None, attention_idx=None, seed: int = 0, grid=ORACLE_GRID,
-               n_global: int | None = None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Premise 2 for one image: intersections and unions, indexed by global class id (length ``n_global`` + 1,
-    default max(class_ids) + 1), under each calibration of :data:`VARIANTS`: none (S = 1), the ELBO's S (Eq. 5), that
-    S permuted among the image's classes, every class at the image's mean S, and the ground-truth oracle on ``grid``
-    (:func:`oracle_choice`, an upper bound for any per-class exponent from the grid)."""
+def oracle_scores(m: Measurement, label: np.ndarray, class_ids: list[int], cfg: AlignConfig, threshold: float,
+                  attention_idx=None, grid=ORACLE_GRID) -> np.ndarray:
+    """Per class, the S from ``grid`` that the ground-truth oracle gives it (:func:`oracle_choice` on the image's
+    final heatmaps under every grid score)."""
     if not grid or any(not 0 < s <= 1 for s in grid):
         raise ValueError(f"the oracle grid must be non-empty scores in (0, 1], got {grid}")
     n = len(class_ids)
+    stack = np.stack([heatmaps_for_scores(m, cfg, np.full(n, g), attention_idx) for g in grid])
+    return np.asarray(grid, dtype=np.float64)[oracle_choice(stack, local_label(label, class_ids), threshold)]
+
+
+def variant_iu(image_id: str, m: Measurement, label: np.ndarray, class_ids: list[int], cfg: AlignConfig,
+               threshold: float, elbo_idx=None, attention_idx=None, seed: int = 0, grid=ORACLE_GRID,
+               n_global: int | None = None, oracle_s: np.ndarray | None = None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Premise 2 for one image: intersections and unions, indexed by global class id (length ``n_global`` + 1,
+    default max(class_ids) + 1), under each calibration of :data:`VARIANTS`: none (S = 1), the ELBO's S (Eq. 5), that
+    S permuted among the image's classes, every class at the image's mean S, and the ground-truth oracle on ``grid``
+    (:func:`oracle_scores`, an upper bound for any per-class exponent from the grid; ``oracle_s`` if already found)."""
+    n = len(class_ids)
     lab = local_label(label, class_ids)
     s, _ = elbo_scores(m, cfg.gamma, elbo_idx)
+    if oracle_s is None:
+        oracle_s = oracle_scores(m, label, class_ids, cfg, threshold, attention_idx, grid)
     scores = {"none": np.ones(n), "ELBO S": s, "S permuted within image": permuted_scores(s, seed, image_id),
-              "image-mean S": np.full(n, s.mean())}
+              "image-mean S": np.full(n, s.mean()), VARIANTS[-1]: oracle_s}
     heat = {k: heatmaps_for_scores(m, cfg, v, attention_idx) for k, v in scores.items()}
-    stack = np.stack([heatmaps_for_scores(m, cfg, np.full(n, g), attention_idx) for g in grid])
-    heat[VARIANTS[-1]] = stack[oracle_choice(stack, lab, threshold), np.arange(n)]
     size = (n_global if n_global is not None else max(class_ids)) + 1
     ids = np.asarray([0, *class_ids])
     out = {}
@@ -355,13 +364,16 @@ class ModelStudy:
 
 def study_model(pairs, cfg: AlignConfig, threshold: float, elbo_idx=None, attention_idx=None, seed: int = 0,
                 grid=ORACLE_GRID, n_global: int | None = None, scenes: dict | None = None) -> ModelStudy:
-    """Run every measurement of this module over (sample, Measurement) pairs (``runner.measure_dataset``'s output)."""
+    """Run every measurement of this module over (sample, Measurement) pairs (``runner.measure_dataset``'s output);
+    the class rows carry the oracle's S (``oracle_S``) beside the ELBO's."""
     cls, var, mass, ref = [], [], [], []
     for sample, m in pairs:
         scene = (scenes or {}).get(sample.id)
-        cls += class_rows(sample.id, m, sample.label, sample.class_ids, cfg, threshold, elbo_idx, attention_idx, scene)
+        oracle = oracle_scores(m, sample.label, sample.class_ids, cfg, threshold, attention_idx, grid)
+        rows = class_rows(sample.id, m, sample.label, sample.class_ids, cfg, threshold, elbo_idx, attention_idx, scene)
+        cls += [{**r, "oracle_S": float(o)} for r, o in zip(rows, oracle)]
         var.append(variant_iu(sample.id, m, sample.label, sample.class_ids, cfg, threshold, elbo_idx, attention_idx,
-                              seed, grid, n_global))
+                              seed, grid, n_global, oracle))
         if m.self_attn is not None:
             lab = local_label(sample.label, sample.class_ids)
             mass += [{"image": sample.id, "class": m.classes[r["class_index"]], **r}

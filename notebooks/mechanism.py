@@ -40,6 +40,8 @@ from elbo_lib.datasets import get_dataset
 from elbo_lib.evaluation import thresholds as recorded_thresholds
 from elbo_lib.evaluation.runner import measure_dataset
 
+if isinstance(models, str):  # one model named on the command line (papermill -p models data/toy-sd)
+    models = [models]
 ds = get_dataset(dataset)
 scenes = {it.id: it.scene for it in getattr(ds, "items", [])}  # the toy scenes give each class's occlusion
 studies, used_threshold = {}, {}
@@ -58,14 +60,16 @@ for model in models:
 # %% [markdown]
 # ## 1. Does S find the weak classes?
 # Within-image Spearman correlation (ranks centred per image, pooled; 95% interval over images) of the class's S
-# and summed ELBO loss with its uncalibrated IoU, its pointing hit, its area and its occlusion.
+# and summed ELBO loss with its uncalibrated IoU, its pointing hit, its area and its occlusion; and of the S the
+# ground-truth oracle of section 2 gives each class with its IoU and with the ELBO's S (which classes *should* get
+# the power 1/S > 1, and does the ELBO pick them?).
 
 # %%
 corr_rows = []
 for model, st in studies.items():
     c = st.classes.assign(hit=st.classes.hit.astype(float))
     for x, y in (("S", "iou"), ("elbo_loss", "iou"), ("S", "hit"), ("S", "area"), ("S", "occlusion"),
-                 ("iou", "area")):
+                 ("iou", "area"), ("oracle_S", "iou"), ("S", "oracle_S")):
         try:
             r = mc.within_image_spearman(c, x, y, n_boot=n_boot, seed=seed)
         except ValueError:  # too few multi-class images at this limit
