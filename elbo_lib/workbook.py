@@ -122,7 +122,7 @@ NOTEBOOKS = [
           lambda d: "batched vs loop at {} classes: {:.1f}x faster, {:.2f} s/image".format(
               d.classes.max(), d[(d.elbo == "batched") & (d.classes == d.classes.max())].speedup_vs_loop.item(),
               d[(d.elbo == "batched") & (d.classes == d.classes.max())].s_per_image.item()), {"repeats": 2}),
-    Entry("mechanism", "Mechanism (issue 29)", "S is lower for worse-segmented classes; calibration's headroom",
+    Entry("mechanism", "Mechanism", "S is lower for worse-segmented classes (the premise); calibration's headroom",
           lambda d: "; ".join(f"{m}: " + _rows(g, "minus none", ["ELBO S", "S permuted within image", "image-mean S",
                                                                   "oracle (per-image best on grid)"], "{:+.3f}")
                               for m, g in d.groupby("model")) + " (mIoU minus no calibration)",
