@@ -257,19 +257,25 @@ def finalize(m: Measurement, cfg: AlignConfig, elbo_idx=None, attention_idx=None
     else:
         scores = cal.alignment_scores(elbo, cfg.gamma)
 
-    def heat(s, refine=True):
-        h = cal.calibrate_maps(maps, s)
-        if refine and cfg.self_attention and m.self_attn is not None:
-            h = cal.refine_with_self_attention(h, m.self_attn)
-        h = cal.upsample(h, m.image_hw)
-        return cal.renormalize(h) if cfg.renormalize else h.clamp(0, 1)
-
     ones = torch.ones(n, dtype=torch.float64)
-    raw = heat(ones).double()
-    heatmaps = heat(scores).double()
+    raw = heatmaps_for(maps, m, cfg, ones).double()
+    heatmaps = heatmaps_for(maps, m, cfg, scores).double()
     probs = cal.class_probabilities(heatmaps)
     return AlignmentResult(list(m.classes), probs.numpy(), heatmaps.numpy(), raw.numpy(), elbo.numpy(),
-                           scores.numpy(), m.caption, unrefined=heat(ones, refine=False).double().numpy())
+                           scores.numpy(), m.caption,
+                           unrefined=heatmaps_for(maps, m, cfg, ones, refine=False).double().numpy())
+
+
+def heatmaps_for(maps_nhw: torch.Tensor, m: Measurement, cfg: AlignConfig, scores_n: torch.Tensor,
+                 refine: bool = True) -> torch.Tensor:
+    """Alg. 1 lines 6-8 for given scores S (N,): the 1/S-th power of the min-maxed maps (Eq. 5's use), the
+    self-attention refinement (when ``refine``, ``cfg.self_attention`` and the measurement has it), resize to the
+    image and the final min-max. ``maps_nhw``: the measurement's cross-attention averaged over its timesteps."""
+    h = cal.calibrate_maps(maps_nhw, scores_n)
+    if refine and cfg.self_attention and m.self_attn is not None:
+        h = cal.refine_with_self_attention(h, m.self_attn)
+    h = cal.upsample(h, m.image_hw)
+    return cal.renormalize(h) if cfg.renormalize else h.clamp(0, 1)
 
 
 class Aligner:

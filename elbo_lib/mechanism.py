@@ -25,8 +25,8 @@ import pandas as pd
 import torch
 
 from . import calibrate as cal
-from .aligner import AlignConfig, Measurement
-from .evaluation.metrics import bootstrap_miou, bootstrap_over, miou
+from .aligner import AlignConfig, Measurement, heatmaps_for
+from .evaluation.metrics import bootstrap_miou, bootstrap_over, miou, per_image_iu
 from .toy.world import Scene, shape_mask
 
 # the exponent grid (as S values) the ground-truth oracle chooses from per class; S = 1 is "no calibration",
@@ -52,12 +52,7 @@ def heatmaps_for_scores(m: Measurement, cfg: AlignConfig, scores, attention_idx=
         raise ValueError(f"need one score per class ({maps.shape[0]}), got shape {tuple(scores.shape)}")
     if not bool(((scores > 0) & (scores <= 1)).all()):
         raise ValueError(f"scores must lie in (0, 1], got {scores.tolist()}")
-    h = cal.calibrate_maps(maps, scores)
-    if refine and cfg.self_attention and m.self_attn is not None:
-        h = cal.refine_with_self_attention(h, m.self_attn)
-    h = cal.upsample(h, m.image_hw)
-    h = cal.renormalize(h) if cfg.renormalize else h.clamp(0, 1)
-    return h.double().numpy()
+    return heatmaps_for(maps, m, cfg, scores, refine).double().numpy()
 
 
 def elbo_scores(m: Measurement, gamma: float, elbo_idx=None) -> tuple[np.ndarray, np.ndarray]:
@@ -79,14 +74,10 @@ def local_label(label: np.ndarray, class_ids: list[int], ignore_index: int = 255
 def image_iu(heatmaps: np.ndarray, lab_local: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
     """Intersections and unions (N + 1,) of one image (index 0 background, i + 1 class i) for the referring
     protocol's prediction: background where every heatmap is below ``threshold``, else the argmax class."""
-    threshold = _check_threshold(threshold)
-    n = heatmaps.shape[0] + 1
-    keep = lab_local >= 0
-    pred = np.where(heatmaps.max(0) >= threshold, heatmaps.argmax(0) + 1, 0)[keep]
-    gt = lab_local[keep]
-    conf = np.bincount(gt * n + pred, minlength=n * n).reshape(n, n)
-    tp = np.diag(conf)
-    return tp, conf.sum(0) + conf.sum(1) - tp
+    n = heatmaps.shape[0]
+    inter, union = per_image_iu(heatmaps, lab_local, list(range(1, n + 1)), np.array([_check_threshold(threshold)]),
+                                n, ignore_index=-1)
+    return inter[0], union[0]
 
 
 def pointing_hits(heatmaps: np.ndarray, lab_local: np.ndarray) -> np.ndarray:
