@@ -4,6 +4,7 @@
 #   make reproduce    run every notebook with full-size parameters; figures/ + figures/README.md
 #   make reproduce MODEL=stabilityai/stable-diffusion-2-1-base DATA_ROOT=/data DATASETS="voc context coco-object ade20k" DEVICE=cuda
 #                  [IMAGE_LISTS=elbo-t2ialign/metadata]   real data: every image of each list, the authors' evaluation
+#                  [ONLY=table2_segmentation,fig7_gamma]   only these notebooks (comma-separated names)
 #                  [NPROC=N]   first measure what the notebooks will measure in N processes (accelerate launch, one
 #                              GPU each; on CPUs with DEVICE=cpu), then run the notebooks from that cache (docs/scale-out.md)
 #   make toy-model    train the toy model from scratch (resumable); TRAIN_ARGS="--device cuda --batch 128 ..."; ARCH=v / sd3: the v-prediction / SD 3-shaped one
@@ -17,7 +18,7 @@ export MPLBACKEND := Agg
 
 REPRO_ARGS := $(if $(MODEL),--model $(MODEL)) $(if $(DATA_ROOT),--data-root $(DATA_ROOT)) \
               $(if $(DATASETS),--datasets "$(DATASETS)") $(if $(DEVICE),--device $(DEVICE)) $(if $(OUT),--out $(OUT)) \
-              $(if $(IMAGE_LISTS),--image-lists $(IMAGE_LISTS))
+              $(if $(IMAGE_LISTS),--image-lists $(IMAGE_LISTS)) $(if $(ONLY),--only $(ONLY))
 
 .PHONY: venv test test-fast test-notebooks reproduce notebooks toy-model toy-check explore bench clean-cache
 

@@ -80,14 +80,22 @@ def save_table(df: pd.DataFrame, name: str, figures: str | Path = "figures") -> 
     (figures / f"{name}.md").write_text(df.to_markdown(index=False, floatfmt=".3f") + "\n")
 
 
+def dataset_of(dataset, data_root=None, image_lists=None):
+    """``dataset`` itself, or the named dataset (under ``data_root`` for a real one) on the authors' image list in
+    ``image_lists`` (a folder laid out as their ``metadata/``) when given, else on its default list."""
+    if not isinstance(dataset, str):
+        return dataset
+    return get_dataset(dataset, data_root, image_list=authors_image_list(image_lists, dataset))
+
+
 def results(model: str = "data/toy-sd", dataset="toy-test", limit: int | None = None, seed: int = 0,
             cfg: AlignConfig | None = None, elbo_idx=PAPER_ELBO, attention_idx=PAPER_ATT, data_root=None,
-            **overrides):
+            image_lists=None, **overrides):
     """(dataset, [(sample, AlignmentResult)]) for the first ``limit`` images, from the measurement cache."""
     cfg = cfg or superset_config(model)
     if not is_superset(cfg):
         elbo_idx = attention_idx = None
-    ds = get_dataset(dataset, data_root) if isinstance(dataset, str) else dataset
+    ds = dataset_of(dataset, data_root, image_lists)
     fin = dataclasses.replace(cfg, **overrides)
     return ds, [(s, finalize(m, fin, elbo_idx, attention_idx)) for s, m in measure_dataset(model, ds, cfg, seed, limit)]
 
@@ -119,11 +127,11 @@ def condition_drops_table(metrics: dict) -> pd.DataFrame:
 
 def method_heatmaps(model: str = "data/toy-sd", dataset="toy-test", limit: int | None = None, seed: int = 0,
                     baselines=("DAAM", "DiffSegmenter", "OVAM", "Semantic DiffSeg"), cfg: AlignConfig | None = None,
-                    data_root=None):
+                    data_root=None, image_lists=None):
     """{method: [(sample, heatmaps (N, H, W))]} for ELBO-T2IAlign, the uncalibrated maps and each
     baseline, on the same images (from the measurement cache)."""
     cfg = cfg or superset_config(model)
-    ds = get_dataset(dataset, data_root) if isinstance(dataset, str) else dataset
+    ds = dataset_of(dataset, data_root, image_lists)
     out = {"ELBO-T2IAlign": [], "uncalibrated": []}
     for s, m in measure_dataset(model, ds, cfg, seed, limit):
         out["ELBO-T2IAlign"].append((s, variant("c", cfg).heatmaps_of(m)))

@@ -224,10 +224,12 @@ METHOD_BASELINES = ("DAAM", "DiffSegmenter", "OVAM", "Semantic DiffSeg")
 TOY_DEFAULT = "data/toy-sd"
 
 
-def _evaluated(model: str, dataset: str, limit, methods=("aligner",), image_lists=None, **kw) -> list[Fill]:
-    """What ``ex.run`` (evaluate) measures: each method on ``dataset`` and, on a toy split, on its threshold split
-    (toy-val) with the same limit."""
-    names = [dataset] + ([heldout_default(dataset)] if isinstance(heldout_default(dataset), str) else [])
+def _evaluated(model: str, dataset: str, limit, methods=("aligner",), image_lists=None, threshold_split=True,
+               **kw) -> list[Fill]:
+    """What ``ex.run`` (evaluate) measures: each method on ``dataset`` (on the authors' list in ``image_lists`` for
+    a real one) and, on a toy split with ``threshold_split``, on its threshold split (toy-val) with the same limit."""
+    split = heldout_default(dataset) if threshold_split else None
+    names = [dataset] + ([split] if isinstance(split, str) else [])
     return [Fill(model, d, limit, m, image_list=None if (lst := authors_image_list(image_lists, d)) is None
                  else str(lst), **kw) for d in names for m in methods]
 
@@ -237,16 +239,20 @@ def _evaluated(model: str, dataset: str, limit, methods=("aligner",), image_list
 FILLS: dict[str, Callable[[dict], list[Fill]]] = {
     "table2_segmentation": lambda p: [f for d in p["datasets"] for f in _evaluated(
         p["model"], d, p["limit"], ("aligner", *p["baselines"]), p.get("image_lists"))],
-    "fig3_fig4_qualitative": lambda p: [Fill(p["model"], p["dataset"], p["limit"], m)  # no threshold split
-                                        for m in ("aligner", *METHOD_BASELINES)],
+    "fig3_fig4_qualitative": lambda p: [f for m in ("aligner", *METHOD_BASELINES) for f in _evaluated(
+        p["model"], p["dataset"], p["limit"], (m,), p.get("image_lists"), threshold_split=False)],
     "table3_models": lambda p: [f for m in p["models"] for f in _evaluated(
-        m, p["dataset"], p["limit"], paper=m != TOY_DEFAULT)],  # the toy default: Table II's superset
-    "table4_noun_phrases": lambda p: _evaluated(p["model"], p["dataset"], p["limit"], nouns_only=True),
-    "table6_elbo_timesteps": lambda p: _evaluated(p["model"], p["dataset"], p["limit"]),
-    "table7_elbo_sampling": lambda p: _evaluated(p["model"], p["dataset"], p["limit"]),
-    "table8_fixed_score": lambda p: _evaluated(p["model"], p["dataset"], p["limit"]),
-    "table9_attention_timesteps": lambda p: _evaluated(p["model"], p["dataset"], p["limit"]),
-    "fig7_gamma": lambda p: [f for d in p["datasets"] for f in _evaluated(p["model"], d, p["limit"])],
+        m, p["dataset"], p["limit"], image_lists=p.get("image_lists"),
+        paper=m != TOY_DEFAULT)],  # the toy default: Table II's superset
+    "table4_noun_phrases": lambda p: _evaluated(p["model"], p["dataset"], p["limit"], image_lists=p.get("image_lists"),
+                                                nouns_only=True),
+    "table6_elbo_timesteps": lambda p: _evaluated(p["model"], p["dataset"], p["limit"], image_lists=p.get("image_lists")),
+    "table7_elbo_sampling": lambda p: _evaluated(p["model"], p["dataset"], p["limit"], image_lists=p.get("image_lists")),
+    "table8_fixed_score": lambda p: _evaluated(p["model"], p["dataset"], p["limit"], image_lists=p.get("image_lists")),
+    "table9_attention_timesteps": lambda p: _evaluated(p["model"], p["dataset"], p["limit"],
+                                                       image_lists=p.get("image_lists")),
+    "fig7_gamma": lambda p: [f for d in p["datasets"] for f in _evaluated(p["model"], d, p["limit"],
+                                                                          image_lists=p.get("image_lists"))],
     "mechanism": lambda p: [Fill(m, p["dataset"], p["limit"], paper=m != TOY_DEFAULT)  # no threshold split
                             for m in p["models"]],
 }

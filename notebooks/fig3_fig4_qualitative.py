@@ -7,6 +7,7 @@
 model = "data/toy-sd"
 dataset = "toy-test"
 data_root = None
+image_lists = None  # real data: a folder laid out as the authors' metadata/ (their image lists)
 limit = 60
 n_show = 4
 threshold = 0.7  # the held-out background threshold of the paper's rows in Table II
@@ -26,7 +27,8 @@ import pandas as pd
 from elbo_lib.calibrate import masks_from_heatmaps
 from elbo_lib.plotting import mask_rgb, overlay
 
-maps = ex.method_heatmaps(model, dataset, limit=limit, seed=seed, data_root=data_root)
+maps = ex.method_heatmaps(model, dataset, limit=limit, seed=seed, data_root=data_root,
+                         image_lists=image_lists)
 samples = [s for s, _ in maps["ELBO-T2IAlign"]]
 order, smallest = ex.hardest_images(samples, n_show)
 

@@ -6,6 +6,7 @@
 model = "data/toy-sd"
 datasets = ["toy-test"]
 data_root = None
+image_lists = None  # real data: a folder laid out as the authors' metadata/ (their image lists)
 limit = 60
 seed = 0
 device = None
@@ -25,7 +26,8 @@ inv = [1, 1.5, 2, 3, 4, 5, 6, 8]
 variants = [ex.variant(f"1/gamma={g:g}", cfg, gamma=1 / g) for g in inv]
 rows = []
 for d in datasets:
-    m = ex.run(variants, model, d, limit=limit, seed=seed, n_boot=n_boot, device=device, data_root=data_root)
+    m = ex.run(variants, model, d, limit=limit, seed=seed, n_boot=n_boot, device=device, data_root=data_root,
+               image_lists=image_lists)
     for g in inv:
         e = m["variants"][f"1/gamma={g:g}"]
         rows.append({"dataset": d, "inv_gamma": g, "oracle_mIoU": e["oracle"]["miou"], "heldout_mIoU": e["heldout"]["miou"]})

@@ -15,6 +15,7 @@
 models = ["data/toy-sd", "data/toy-sd-v", "data/toy-sd3"]
 dataset = "toy-test"
 data_root = None
+image_lists = None  # real data: a folder laid out as the authors' metadata/ (their image lists)
 limit = 40
 seed = 0
 device = None
@@ -45,6 +46,7 @@ for model in models:
     if ad.objective == "flow":
         variants.append(ex.weighting_variant("calibrated, eps-space ELBO weighting (project option)", cfg, ad, "eps"))
     m = ex.run(variants, model, dataset, limit=limit, seed=seed, n_boot=n_boot, device=device, data_root=data_root,
+               image_lists=image_lists,
                cfg=cfg)
     t = ex.table(m)
     t.insert(0, "ELBO weighting", [WEIGHTING.get(ad.objective, "authors") if "eps-space" not in v else

@@ -9,6 +9,7 @@
 model = "data/toy-sd"
 dataset = "toy-test"
 data_root = None
+image_lists = None  # real data: a folder laid out as the authors' metadata/ (their image lists)
 limit = 60
 seed = 0
 device = None
@@ -26,7 +27,7 @@ cfg = ex.superset_config(model)
 rows = []
 for label, nouns in (("noun phrase (paper)", False), ("single noun", True)):
     m = ex.run(ex.paper_variants(cfg), model, dataset, limit=limit, seed=seed, n_boot=n_boot, device=device,
-               data_root=data_root, nouns_only_elbo=nouns)
+               data_root=data_root, image_lists=image_lists, nouns_only_elbo=nouns)
     t = ex.table(m)
     t.insert(0, "ELBO prompt", label)
     rows.append(t)

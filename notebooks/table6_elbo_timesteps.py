@@ -6,6 +6,7 @@
 model = "data/toy-sd"
 dataset = "toy-test"
 data_root = None
+image_lists = None  # real data: a folder laid out as the authors' metadata/ (their image lists)
 limit = 60
 seed = 0
 device = None
@@ -23,9 +24,9 @@ from elbo_lib.timing import measure_seconds
 cfg = ex.superset_config(model)
 counts = [1, 5, 10, 20, 50, 100]
 m = ex.run([ex.variant(f"elbo={n}", cfg, elbo_idx=ex.elbo_subset(n)) for n in counts], model, dataset, limit=limit,
-           seed=seed, n_boot=n_boot, device=device, data_root=data_root)
+           seed=seed, n_boot=n_boot, device=device, data_root=data_root, image_lists=image_lists)
 tab = ex.table(m)
-ds, res = ex.results(model, dataset, limit=1, seed=seed, data_root=data_root)
+ds, res = ex.results(model, dataset, limit=1, seed=seed, data_root=data_root, image_lists=image_lists)
 sample = res[0][0]
 secs = measure_seconds(load_pipeline(model, device=device),  # every denoiser call for one image, per count
                        {f"elbo={n}": ex.superset_config(model, elbo_steps=n, attention_steps=10, attention_t_max=0.2)

@@ -6,6 +6,7 @@
 model = "data/toy-sd"
 dataset = "toy-test"
 data_root = None
+image_lists = None  # real data: a folder laid out as the authors' metadata/ (their image lists)
 limit = 60
 seed = 0
 device = None
@@ -20,7 +21,7 @@ out = ex.output_dir(out)
 cfg = ex.superset_config(model)
 strategies = ["small", "middle", "large", "random", "even"]
 m = ex.run([ex.variant(s, cfg, elbo_idx=ex.elbo_subset(10, s, seed)) for s in strategies], model, dataset,
-           limit=limit, seed=seed, n_boot=n_boot, device=device, data_root=data_root)
+           limit=limit, seed=seed, n_boot=n_boot, device=device, data_root=data_root, image_lists=image_lists)
 tab = ex.table(m)
 ex.save_table(tab, "table7_elbo_sampling", out)
 

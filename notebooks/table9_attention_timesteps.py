@@ -7,6 +7,7 @@
 model = "data/toy-sd"
 dataset = "toy-test"
 data_root = None
+image_lists = None  # real data: a folder laid out as the authors' metadata/ (their image lists)
 limit = 60
 seed = 0
 device = None
@@ -28,7 +29,8 @@ variants = []
 for name, idx in settings.items():
     variants += [ex.variant(f"{name} uncal", cfg, attention_idx=idx, calibrate=False),
                  ex.variant(f"{name} cal", cfg, attention_idx=idx)]
-m = ex.run(variants, model, dataset, limit=limit, seed=seed, n_boot=n_boot, device=device, data_root=data_root)
+m = ex.run(variants, model, dataset, limit=limit, seed=seed, n_boot=n_boot, device=device, data_root=data_root,
+           image_lists=image_lists)
 tab = ex.table(m)
 tab = tab[tab.variant != "uncalibrated"].reset_index(drop=True)
 ex.save_table(tab, "table9_attention_timesteps", out)

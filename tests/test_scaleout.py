@@ -267,11 +267,15 @@ def test_notebook_fills_cover_the_notebooks_measurements():
     listed = str(VOC / "val_id.txt")
     keys = {(f.dataset, f.image_list, f.method, f.paper, f.nouns_only): f.limit for f in real}
     assert {d for d, *_ in keys} == {"voc"}  # no threshold split on real data
-    assert keys[("voc", listed, "aligner", False, False)] is None  # Table II: the authors' list, every image
+    assert {lst for _, lst, *_ in keys} == {listed}  # every notebook reads the authors' list, as the notebooks do
+    assert keys[("voc", listed, "aligner", False, False)] is None  # Table II: every image of the list
     assert keys[("voc", listed, "Semantic DiffSeg", False, False)] is None
-    assert keys[("voc", None, "aligner", False, True)] is None  # Table IV: the default list
-    assert keys[("voc", None, "aligner", True, False)] is None  # Table III: the paper's configuration of M
-    assert keys[("voc", None, "DAAM", False, False)] == full["fig3_fig4_qualitative"]["limit"]  # Figs. 3-4's subset
+    assert keys[("voc", listed, "aligner", False, True)] is None  # Table IV
+    assert keys[("voc", listed, "aligner", True, False)] is None  # Table III: the paper's configuration of M
+    assert keys[("voc", listed, "DAAM", False, False)] is None  # Table II's covers Figs. 3-4's 200-image subset
+    figs = workbook.notebook_fills(["fig3_fig4_qualitative"], extra={"model": "M", "datasets": ["voc"], "dataset": "voc",
+                                                                     "data_root": "/d", "image_lists": str(VOC.parent)})
+    assert {(f.image_list, f.limit) for f in figs} == {(listed, full["fig3_fig4_qualitative"]["limit"])}
     only = workbook.notebook_fills(["table8_fixed_score"])
     assert {(f.dataset, f.method, f.nouns_only) for f in only} == {("toy-test", "aligner", False),
                                                                    ("toy-val", "aligner", False)}
