@@ -5,8 +5,10 @@
 #   make reproduce MODEL=stabilityai/stable-diffusion-2-1-base DATA_ROOT=/data DATASETS="voc context coco-object ade20k" DEVICE=cuda
 #                  [IMAGE_LISTS=elbo-t2ialign/metadata]   real data: every image of each list, the authors' evaluation
 #                  [ONLY=table2_segmentation,fig7_gamma]   only these notebooks (comma-separated names)
+#                  [JOBS=N]    notebooks at a time (default auto: 2 on a CPU, 1 with DEVICE=cuda)
 #                  [NPROC=N]   first measure what the notebooks will measure in N processes (accelerate launch, one
 #                              GPU each; on CPUs with DEVICE=cpu), then run the notebooks from that cache (docs/scale-out.md)
+#   make effect-size  the calibration effect sized to +/-0.01 on 3 fresh toy splits per toy model (~25 min; not in reproduce)
 #   make toy-model    train the toy model from scratch (resumable); TRAIN_ARGS="--device cuda --batch 128 ..."; ARCH=v / sd3: the v-prediction / SD 3-shaped one
 #   make toy-check    the toy model's quality gates -> data/toy-sd/quality.json (ARCH=v / sd3: data/toy-sd-v / data/toy-sd3)
 #   make explore      the widget explorer as a web page (Voila) on http://127.0.0.1:8866 (PORT=...)
@@ -20,7 +22,7 @@ REPRO_ARGS := $(if $(MODEL),--model $(MODEL)) $(if $(DATA_ROOT),--data-root $(DA
               $(if $(DATASETS),--datasets "$(DATASETS)") $(if $(DEVICE),--device $(DEVICE)) $(if $(OUT),--out $(OUT)) \
               $(if $(IMAGE_LISTS),--image-lists $(IMAGE_LISTS)) $(if $(ONLY),--only $(ONLY))
 
-.PHONY: venv test test-fast test-notebooks reproduce notebooks toy-model toy-check explore bench clean-cache
+.PHONY: venv test test-fast test-notebooks reproduce effect-size notebooks toy-model toy-check explore bench clean-cache
 
 venv: .venv/.installed
 .venv/.installed: pyproject.toml
@@ -47,13 +49,18 @@ notebooks: venv
 # NPROC > 1: papermill runs each notebook in one kernel, so the notebooks' measurements are made beforehand by
 # N processes under accelerate launch (every choice given: no accelerate config file or prompt is needed)
 NPROC ?= 1
+# notebooks at a time (auto: 2 on a CPU with >= 2 cores, each kernel on half of them; 1 on a GPU)
+JOBS ?= auto
 LAUNCH = .venv/bin/accelerate launch --multi_gpu --num_processes $(NPROC) --num_machines 1 --mixed_precision no \
          --dynamo_backend no --main_process_port 0
 
 reproduce: venv
 	$(if $(shell echo '$(NPROC)' | grep -Ex '[1-9][0-9]*'),,$(error NPROC must be a whole number >= 1, got '$(NPROC)'))
 	$(if $(filter-out 1,$(NPROC)),$(LAUNCH) -m elbo_lib.workbook --fill-cache $(REPRO_ARGS))
-	$(PY) -m elbo_lib.workbook $(REPRO_ARGS)
+	$(PY) -m elbo_lib.workbook $(REPRO_ARGS) --jobs $(JOBS)
+
+effect-size: venv
+	$(PY) -m elbo_lib.workbook --only effect_size $(if $(DEVICE),--device $(DEVICE)) $(if $(OUT),--out $(OUT))
 
 # ARCH=sd: data/toy-sd (epsilon UNet); ARCH=v: data/toy-sd-v (v-prediction UNet); ARCH=sd3: data/toy-sd3 (SD 3-shaped
 # MMDiT, rectified flow, 3,600 steps); v and sd3 reuse data/toy-sd's VAE and text encoder, frozen

@@ -61,6 +61,17 @@ def elbo_scores(m: Measurement, gamma: float, elbo_idx=None) -> tuple[np.ndarray
     return cal.alignment_scores(elbo, gamma).numpy(), cal.elbo_totals(elbo.double()).numpy()
 
 
+def split_half_losses(m: Measurement, elbo_idx=None) -> tuple[np.ndarray, np.ndarray]:
+    """Eq. 4's summed loss per class over alternate halves of the selected ELBO timesteps (positions 0, 2, 4, ...
+    and 1, 3, 5, ...; each timestep has its own noise): two independent estimates of the class order the ELBO
+    gives, whose within-image agreement is that order's reliability."""
+    idx = list(range(m.elbo.shape[1])) if elbo_idx is None else list(elbo_idx)
+    if len(idx) < 2:
+        raise ValueError(f"a split half needs two or more ELBO timesteps, got {len(idx)}")
+    e = m.elbo.double()
+    return cal.elbo_totals(e[:, idx[0::2]]).numpy(), cal.elbo_totals(e[:, idx[1::2]]).numpy()
+
+
 def local_label(label: np.ndarray, class_ids: list[int], ignore_index: int = 255) -> np.ndarray:
     """The label map with global class ids replaced by 1 + their position in ``class_ids`` (0 elsewhere, ignored
     pixels kept as -1)."""
@@ -101,8 +112,8 @@ def class_occlusion(scene: Scene, phrase: str) -> float:
 def class_rows(image_id: str, m: Measurement, label: np.ndarray, class_ids: list[int], cfg: AlignConfig,
                threshold: float, elbo_idx=None, attention_idx=None, scene: Scene | None = None) -> list[dict]:
     """Premise 1, per (image, class): the uncalibrated heatmaps' class IoU at ``threshold`` and pointing hit, the
-    class's S (Eq. 5) and summed ELBO loss (Eq. 4), its visible area in pixels and (with the toy ``scene``) its
-    occluded fraction."""
+    class's S (Eq. 5) and summed ELBO loss (Eq. 4) with its two split halves (:func:`split_half_losses`), its
+    visible area in pixels and (with the toy ``scene``) its occluded fraction."""
     if len(class_ids) != len(m.classes):
         raise ValueError(f"{image_id}: {len(class_ids)} class ids for {len(m.classes)} measured classes")
     lab = local_label(label, class_ids)
@@ -110,10 +121,12 @@ def class_rows(image_id: str, m: Measurement, label: np.ndarray, class_ids: list
     inter, union = image_iu(raw, lab, threshold)
     hits = pointing_hits(raw, lab)
     s, elb = elbo_scores(m, cfg.gamma, elbo_idx)
+    half_a, half_b = split_half_losses(m, elbo_idx)
     return [{"image": image_id, "class": c, "n_classes": len(class_ids), "area": int((lab == i + 1).sum()),
              "occlusion": class_occlusion(scene, c) if scene is not None else np.nan,
              "iou": float(inter[i + 1] / union[i + 1]) if union[i + 1] else np.nan, "hit": bool(hits[i]),
-             "S": float(s[i]), "elbo_loss": float(elb[i])} for i, c in enumerate(m.classes)]
+             "S": float(s[i]), "elbo_loss": float(elb[i]), "elbo_loss_a": float(half_a[i]),
+             "elbo_loss_b": float(half_b[i])} for i, c in enumerate(m.classes)]
 
 
 def _centred_ranks(df: pd.DataFrame, col: str, group: str) -> pd.Series:

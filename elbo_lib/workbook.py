@@ -20,6 +20,7 @@ import ast
 import math
 import os
 import time
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -75,6 +76,14 @@ class Entry:
     full: dict = field(default_factory=dict)  # parameters for `make reproduce` (beyond the nbval defaults)
     toy_only: bool = False  # scored by the toy world's detector: always runs on the toy model
     capped_on_real: bool = False  # keeps its `limit` on real datasets (a figure from a subset, held in memory)
+    in_default: bool = True  # False: `make reproduce` runs it only when named (ONLY=...; its own make target)
+    after: tuple[str, ...] = ()  # notebooks whose measurements it reads: with --jobs > 1 it starts after them
+    alone: bool = False  # it times things: runs after all others, with every core
+
+
+def selected(e: Entry, only: list[str] | None, quick: bool = False) -> bool:
+    """Whether a run of ``only`` (None: every notebook with ``quick``, else the default ones) includes ``e``."""
+    return e.name in only if only else e.in_default or quick
 
 
 def _paired(df: pd.DataFrame, subset: str, metric: str, a: str, b: str) -> str:
@@ -82,6 +91,7 @@ def _paired(df: pd.DataFrame, subset: str, metric: str, a: str, b: str) -> str:
     return f"{metric}: {r[b]:.3f} -> {r[a]:.3f} ({r.difference:+.3f} {r.ci95})"
 
 
+T2 = ("table2_segmentation",)  # Table II measures the toy default's superset, which these notebooks read
 NOTEBOOKS = [
     Entry("table2_segmentation", "Table II", "ELBO calibration raises mIoU over the uncalibrated maps and the baselines",
           lambda d: _table2(d), {"limit": 200, "n_boot": 1000}),
@@ -91,22 +101,26 @@ NOTEBOOKS = [
                               for s, g in d.groupby("study")) + " (uncalibrated target IoU, easy->hard)",
           {"n_samples": 12}),
     Entry("fig3_fig4_qualitative", "Figs. 3-4", "calibrated heatmaps recover weak classes", lambda d: "figures only",
-          {"limit": 200}, capped_on_real=True),
+          {"limit": 200}, capped_on_real=True, after=T2),
     Entry("table3_models", "Table III", "calibration helps every model and objective",
           lambda d: "; ".join(f"{m}: " + _rows(g, "heldout_mIoU", ["uncalibrated", "calibrated"]) for m, g in d.groupby("model")),
-          {"limit": 100}),  # 100 + 100 images per model: the v and SD 3 measurements (about 6 min) keep the total <= 30 min
+          {"limit": 100}, after=T2),  # 100 + 100 images per model: the v and SD 3 measurements (about 6 min) keep the total <= 30 min
     Entry("table4_noun_phrases", "Table IV", "the whole noun phrase gives the better S",
           lambda d: "; ".join(f"{p}: {g[g.variant == 'calibrated'].heldout_mIoU.iloc[0]:.3f}" for p, g in d.groupby("ELBO prompt")),
-          {"limit": 120}),  # the single-noun ELBO is a second superset measurement: 120 + 120 images keep the total <= 30 min
+          {"limit": 120}, after=T2),  # the single-noun ELBO is a second superset measurement: 120 + 120 images keep the total <= 30 min
     Entry("table6_elbo_timesteps", "Table VI", "more ELBO timesteps is better, slowly",
-          lambda d: _rows(d, "heldout_mIoU", ["elbo=1", "elbo=5", "elbo=20", "elbo=100"]), {"limit": 200}),
+          lambda d: _rows(d, "heldout_mIoU", ["elbo=1", "elbo=5", "elbo=20", "elbo=100"]), {"limit": 200},
+          after=T2),
     Entry("table7_elbo_sampling", "Table VII", "Random best, Even close; larger t better than small",
-          lambda d: _rows(d, "heldout_mIoU", ["small", "middle", "large", "random", "even"]), {"limit": 200}),
+          lambda d: _rows(d, "heldout_mIoU", ["small", "middle", "large", "random", "even"]), {"limit": 200},
+          after=T2),
     Entry("fig7_gamma", "Fig. 7", "best near 1/gamma = 2-3",
           lambda d: "held-out mIoU by 1/gamma: " + ", ".join(f"{r.inv_gamma:g}: {r.heldout_mIoU:.3f}" for r in d.itertuples()),
-          {"limit": 200}),
-    Entry("table8_fixed_score", "Table VIII", "a constant S is worse than the ELBO-driven S", _best, {"limit": 200}),
-    Entry("table9_attention_timesteps", "Table IX", "attention from small t is best", _best, {"limit": 200}),
+          {"limit": 200}, after=T2),
+    Entry("table8_fixed_score", "Table VIII", "a constant S is worse than the ELBO-driven S", _best, {"limit": 200},
+          after=T2),
+    Entry("table9_attention_timesteps", "Table IX", "attention from small t is best", _best, {"limit": 200},
+          after=T2),
     Entry("table5_generation", "Table V, Fig. 5", "prompt weights from S improve compositional generation",
           lambda d: "baseline -> ELBO-T2IAlign, paired: " + "; ".join(
               _paired(d, "all prompts", m, "ELBO-T2IAlign", "baseline")
@@ -121,13 +135,21 @@ NOTEBOOKS = [
     Entry("cost", "Sec. IV-C cost", "~4 s / image with 10 classes (SD 1.5, RTX 4090); ELBO batchable",
           lambda d: "batched vs loop at {} classes: {:.1f}x faster, {:.2f} s/image".format(
               d.classes.max(), d[(d.elbo == "batched") & (d.classes == d.classes.max())].speedup_vs_loop.item(),
-              d[(d.elbo == "batched") & (d.classes == d.classes.max())].s_per_image.item()), {"repeats": 2}),
+              d[(d.elbo == "batched") & (d.classes == d.classes.max())].s_per_image.item()), {"repeats": 2}, alone=True),
     Entry("mechanism", "Mechanism", "S is lower for worse-segmented classes (the premise); calibration's headroom",
           lambda d: "; ".join(f"{m}: " + _rows(g, "minus none", ["ELBO S", "S permuted within image", "image-mean S",
                                                                   "oracle (per-image best on grid)"], "{:+.3f}")
                               for m, g in d.groupby("model")) + " (mIoU minus no calibration)",
-          {"limit": 200, "n_boot": 1000}, toy_only=True),  # the toy models' recorded thresholds and scenes
+          {"limit": 200, "n_boot": 1000}, toy_only=True,  # the toy models' recorded thresholds and scenes
+          after=("table2_segmentation", "table3_models")),
     Entry("explore_toy", "widget explorer", "-", lambda d: "interactive", {}),
+    Entry("effect_size", "Effect size (Tables II, III, VIII)", "calibration raises mIoU (toy: sized to +/-0.01)",
+          lambda d: "; ".join(f"{m}: " + ", ".join(
+              f"{r.arm.split(' (')[0]} {r['minus uncalibrated']:+.3f} [{r.ci_lo:+.3f}, {r.ci_hi:+.3f}]"
+              for _, r in g[g.split == "pooled"].iterrows()) for m, g in d.groupby("model", sort=False))
+          + " (held-out mIoU minus uncalibrated, 3 fresh splits pooled)",
+          {"n_per_split": 300, "n_boot": 1000}, toy_only=True, in_default=False,  # ~25 min: `make effect-size`
+          after=("table3_models",)),
 ]
 
 
@@ -149,9 +171,10 @@ def notebook_parameters(e: Entry, quick: bool = False, extra: dict | None = None
 
 
 def run_notebooks(only: list[str] | None = None, quick: bool = False, extra: dict | None = None,
-                  figures: Path = REPO / "figures", executed_dir: Path | None = None) -> list[dict]:
+                  figures: Path = REPO / "figures", executed_dir: Path | None = None, jobs: int = 1) -> list[dict]:
     """Execute the notebooks with papermill; outputs go to ``figures``; executed notebooks replace the
-    committed ones unless ``executed_dir`` is given."""
+    committed ones unless ``executed_dir`` is given. ``jobs`` > 1: that many notebooks at a time, each kernel on
+    its share of the cores (:func:`run_scheduled`)."""
     figures.mkdir(parents=True, exist_ok=True)
     os.environ["ELBO_WORKBOOK_OUT"] = str(figures)  # the notebooks' output_dir(); inherited by their kernels
     if quick and executed_dir is None:  # remaking the committed notebooks: their checks record what they compare with
@@ -159,9 +182,8 @@ def run_notebooks(only: list[str] | None = None, quick: bool = False, extra: dic
     if executed_dir is not None:
         executed_dir.mkdir(parents=True, exist_ok=True)
     log = []
-    for e in NOTEBOOKS:
-        if only and e.name not in only:
-            continue
+
+    def run_one(e: Entry) -> None:
         params = notebook_parameters(e, quick, extra)
         nb = REPO / "notebooks" / f"{e.name}.ipynb"
         t0 = time.time()
@@ -171,7 +193,66 @@ def run_notebooks(only: list[str] | None = None, quick: bool = False, extra: dic
                             kernel_name="python3")
         clean_notebook(target)
         log.append({"notebook": e.name, "seconds": round(time.time() - t0, 1), "parameters": params})
+        print(f"[workbook] {e.name} done in {time.time() - t0:.0f} s", flush=True)
+
+    run_scheduled([e for e in NOTEBOOKS if selected(e, only, quick)], run_one, jobs)
     return log
+
+
+THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def cores() -> int:
+    """CPU cores this process may use."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def auto_jobs(device: str | None) -> int:
+    """``--jobs auto``: two notebooks at a time on a CPU with two or more cores (one toy-model kernel leaves the
+    second core half idle), one on an accelerator."""
+    return 2 if device in (None, "cpu") and cores() >= 2 else 1
+
+
+def run_scheduled(entries: list[Entry], run_one: Callable[[Entry], None], jobs: int = 1) -> None:
+    """Call ``run_one`` on every entry. ``jobs`` == 1: in order. ``jobs`` > 1: that many at a time, each starting
+    once the notebooks it reads from (``after``, among ``entries``) have finished, so that no measurement is made
+    twice; each kernel gets cores // jobs threads. Entries marked ``alone`` (timings) run last, one at a time, with
+    every core. A failure stops the scheduling: the notebooks already running finish, then it is raised."""
+    if jobs < 1:
+        raise ValueError(f"jobs must be a whole number >= 1, got {jobs}")
+    shared, last = [e for e in entries if not e.alone], [e for e in entries if e.alone]
+    if jobs == 1:
+        for e in shared + last:
+            run_one(e)
+        return
+    names = {e.name for e in shared}
+    saved = {k: os.environ.get(k) for k in THREAD_VARS}
+    os.environ.update({k: str(max(1, cores() // jobs)) for k in THREAD_VARS})  # each kernel inherits them
+    try:
+        pending, done, running = list(shared), set(), {}
+        with ThreadPoolExecutor(jobs) as pool:
+            while pending or running:
+                ready = [e for e in pending if all(d in done or d not in names for d in e.after)]
+                for e in ready[:jobs - len(running)]:
+                    pending.remove(e)
+                    running[pool.submit(run_one, e)] = e
+                if not running:
+                    raise ValueError(f"notebooks waiting on each other: {[(e.name, e.after) for e in pending]}")
+                finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                for f in finished:
+                    e = running.pop(f)
+                    if f.exception() is not None:
+                        pending.clear()  # nothing new starts; leaving the pool waits for the running ones
+                        raise f.exception()
+                    done.add(e.name)
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    for e in last:
+        run_one(e)
 
 
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
@@ -255,6 +336,8 @@ FILLS: dict[str, Callable[[dict], list[Fill]]] = {
                                                                           image_lists=p.get("image_lists"))],
     "mechanism": lambda p: [Fill(m, p["dataset"], p["limit"], paper=m != TOY_DEFAULT)  # no threshold split
                             for m in p["models"]],
+    "effect_size": lambda p: [f for m in p["models"] for s in p["splits"]  # the pool reads the splits' images
+                              for f in _evaluated(m, s, p["n_per_split"], paper=True)],
 }
 
 
@@ -262,7 +345,7 @@ def notebook_fills(only: list[str] | None = None, quick: bool = False, extra: di
     """The measurements the notebooks of a run will make, each once at the largest limit any asks for."""
     largest: dict[tuple, Fill] = {}
     for e in NOTEBOOKS:
-        if e.name not in FILLS or only and e.name not in only:
+        if e.name not in FILLS or not selected(e, only, quick):
             continue
         params = {**parameter_values(REPO / "notebooks" / f"{e.name}.ipynb"), **notebook_parameters(e, quick, extra)}
         for f in FILLS[e.name](params):
@@ -322,10 +405,13 @@ def write_index(log: list[dict] | None = None, figures: Path = REPO / "figures")
           "real datasets the authors' evaluation is the oracle column, beside a cross-fitted held-out column "
           "(docs/real-data.md).\n\n"
           + pd.DataFrame(rows).to_markdown(index=False) + "\n")
-    known = [v for v in secs.values() if v != ""]
+    default = [e for e in NOTEBOOKS if e.in_default]
+    known = [secs[e.name] for e in default if secs.get(e.name, "") != ""]
     if known:
-        md += (f"\nTotal notebook time: {sum(known):.0f} s ({len(known)} of {len(NOTEBOOKS)} notebooks; each one's "
-               "latest run).\n")
+        md += (f"\nTotal notebook time: {sum(known):.0f} s ({len(known)} of the {len(default)} notebooks `make "
+               "reproduce` runs; each one's latest run).")
+        extra_runs = [f"{e.name} {secs[e.name]:.0f} s" for e in NOTEBOOKS if not e.in_default and secs.get(e.name, "") != ""]
+        md += (f" Run separately: {', '.join(extra_runs)}." if extra_runs else "") + "\n"
     (figures / "README.md").write_text(md)
     return md
 
@@ -342,6 +428,8 @@ def main(argv=None) -> int:
                         "ade20k/); default: each dataset's own list")
     p.add_argument("--device", default=None)
     p.add_argument("--index-only", action="store_true")
+    p.add_argument("--jobs", default="auto", help="notebooks run at a time, each kernel on its share of the cores "
+                   "(default auto: 2 on a CPU with >= 2 cores, else 1)")
     p.add_argument("--fill-cache", action="store_true",
                    help="only measure what the notebooks will measure, into the cache (under accelerate launch: "
                         "each process its share; make reproduce NPROC=N); runs no notebook")
@@ -372,7 +460,10 @@ def main(argv=None) -> int:
         return 0
     figures = Path(a.out).resolve() if a.out else REPO / (".cache/quick-figures" if a.quick else "figures")
     executed = None if a.in_place else figures / "notebooks"
-    log = [] if a.index_only else run_notebooks(only, a.quick, extra, figures, executed)
+    if a.jobs != "auto" and not (a.jobs.isdigit() and int(a.jobs) >= 1):
+        return report(ValueError(f"--jobs must be 'auto' or a whole number >= 1, got {a.jobs!r}"))
+    jobs = auto_jobs(a.device) if a.jobs == "auto" else int(a.jobs)
+    log = [] if a.index_only else run_notebooks(only, a.quick, extra, figures, executed, jobs)
     print(write_index(log, figures))
     print(f"[workbook] total {time.time() - t0:.0f} s")
     return 0

@@ -62,14 +62,17 @@ for model in models:
 # Within-image Spearman correlation (ranks centred per image, pooled; 95% interval over images) of the class's S
 # and summed ELBO loss with its uncalibrated IoU, its pointing hit, its area and its occlusion; and of the S the
 # ground-truth oracle of section 2 gives each class with its IoU and with the ELBO's S (which classes *should* get
-# the power 1/S > 1, and does the ELBO pick them?).
+# the power 1/S > 1, and does the ELBO pick them?). Last, the split-half reliability of the ELBO's class order: the
+# summed loss over alternate halves of the ELBO timesteps (`elbo_loss_a`, `elbo_loss_b`, independent noise),
+# correlated within images. High reliability with no link to IoU means the ELBO orders the classes by something
+# stable that is not alignment; low reliability means the order is estimation noise.
 
 # %%
 corr_rows = []
 for model, st in studies.items():
     c = st.classes.assign(hit=st.classes.hit.astype(float))
     for x, y in (("S", "iou"), ("elbo_loss", "iou"), ("S", "hit"), ("S", "area"), ("S", "occlusion"),
-                 ("iou", "area"), ("oracle_S", "iou"), ("S", "oracle_S")):
+                 ("iou", "area"), ("oracle_S", "iou"), ("S", "oracle_S"), ("elbo_loss_a", "elbo_loss_b")):
         try:
             r = mc.within_image_spearman(c, x, y, n_boot=n_boot, seed=seed)
         except ValueError:  # too few multi-class images at this limit

@@ -98,9 +98,21 @@ def test_workbook_index(tmp_path):
     (tmp_path / "notebooks").mkdir()
     nb = nbformat.v4.new_notebook(metadata={"papermill": {"duration": 40.04}})  # a notebook run earlier
     nbformat.write(nb, tmp_path / "notebooks" / "fig7_gamma.ipynb")
+    nbformat.write(nbformat.v4.new_notebook(metadata={"papermill": {"duration": 1500.0}}),
+                   tmp_path / "notebooks" / "effect_size.ipynb")  # a notebook `make reproduce` leaves out
     md = workbook.write_index([{"notebook": "table8_fixed_score", "seconds": 3.0}], figures=tmp_path)
     assert "best calibrated: 0.450" in md and "not run" in md
     assert re.search(r"\|\s+40 \|", md) and "Total notebook time: 43 s (2 of" in md, md
+    assert "Run separately: effect_size 1500 s." in md
+    default = {e.name for e in workbook.NOTEBOOKS if workbook.selected(e, None)}
+    assert "effect_size" not in default and "table2_segmentation" in default
+    assert all(workbook.selected(e, None, quick=True) for e in workbook.NOTEBOOKS)  # make notebooks remakes all
+    assert [e.name for e in workbook.NOTEBOOKS if workbook.selected(e, ["effect_size"])] == ["effect_size"]
+    assert not any(f.dataset.startswith("toy-fresh") for f in workbook.notebook_fills())
+    sized = workbook.notebook_fills(["effect_size"])  # its own run: 3 splits + toy-val per toy model, paper config
+    assert {(f.dataset, f.limit, f.paper) for f in sized} == {
+        (d, 300, True) for d in ("toy-fresh-1", "toy-fresh-2", "toy-fresh-3", "toy-val")}
+    assert {f.model for f in sized} == {"data/toy-sd", "data/toy-sd-v", "data/toy-sd3"}
     assert (tmp_path / "README.md").read_text() == md
     for e in workbook.NOTEBOOKS:
         assert (ROOT / "notebooks" / f"{e.name}.ipynb").exists()
@@ -121,7 +133,7 @@ def test_real_model_path_end_to_end(tmp_path, pipes):
     env = {**__import__("os").environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
            "ELBO_LIB_CACHE": str(tmp_path / "cache")}
     # explore_toy is toy-only (it builds toy scenes for the toy model); every other notebook takes MODEL/DATA_ROOT
-    names = [e.name for e in workbook.NOTEBOOKS if e.name != "explore_toy"]
+    names = [e.name for e in workbook.NOTEBOOKS if e.name != "explore_toy" and e.in_default]
     r = subprocess.run([sys.executable, "-m", "elbo_lib.workbook", "--quick", "--model", str(model), "--data-root",
                         str(root), "--datasets", "voc", "--out", str(out), "--only", ",".join(names)], cwd=ROOT,
                        env=env, capture_output=True, text=True, timeout=1500)

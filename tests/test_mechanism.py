@@ -178,3 +178,30 @@ def test_refinement_rows_and_size_buckets():
     np.testing.assert_allclose(tab["refined minus not"], tab["IoU refined"] - tab["IoU no refinement"])
     with pytest.raises(ValueError, match="n_buckets"):
         mc.size_bucket_table(rows, 0)
+
+
+def test_split_halves_sum_alternate_timesteps_and_measure_the_orders_reliability():
+    elbo = np.array([[1.0, 10.0, 2.0, 20.0, 3.0], [4.0, 40.0, 5.0, 50.0, 6.0]])
+    m = _measurement(np.ones((2, 8, 8)), elbo)
+    a, b = mc.split_half_losses(m)
+    np.testing.assert_allclose(a, [1 + 2 + 3, 4 + 5 + 6])
+    np.testing.assert_allclose(b, [10 + 20, 40 + 50])
+    a, b = mc.split_half_losses(m, elbo_idx=(1, 2, 3, 4))  # halves of the selected timesteps only
+    np.testing.assert_allclose(a, [10 + 20, 40 + 50])
+    np.testing.assert_allclose(b, [2 + 3, 5 + 6])
+    with pytest.raises(ValueError, match="two or more ELBO timesteps"):
+        mc.split_half_losses(m, elbo_idx=(3,))
+    # a class order that is a stable property of each image is reliable; pure noise is not
+    rng = np.random.default_rng(0)
+    rows = []
+    for img in range(60):
+        level = rng.permutation(3).astype(float) * 5
+        for stable, name in ((True, "stable"), (False, "noise")):
+            e = (level[:, None] if stable else 0.0) + rng.normal(size=(3, 20))
+            a, b = mc.split_half_losses(_measurement(np.ones((3, 8, 8)), e))
+            rows += [{"image": f"{name}{img}", "kind": name, "a": a[i], "b": b[i]} for i in range(3)]
+    df = pd.DataFrame(rows)
+    assert mc.within_image_spearman(df[df.kind == "stable"], "a", "b", n_boot=50)["rho"] > 0.9
+    assert abs(mc.within_image_spearman(df[df.kind == "noise"], "a", "b", n_boot=50)["rho"]) < 0.25
+    row = mc.class_rows("i", m, np.array([[1] * 4 + [2] * 4] * 8), [1, 2], CFG, 0.5)[0]
+    assert (row["elbo_loss_a"], row["elbo_loss_b"]) == (6.0, 30.0) and row["elbo_loss"] == 36.0

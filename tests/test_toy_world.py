@@ -1,6 +1,8 @@
 import numpy as np
 import pytest
 
+from elbo_lib.datasets import ToyDataset
+from elbo_lib.evaluation.runner import heldout_default
 from elbo_lib.toy.detector import detect, present
 from elbo_lib.toy.study import STUDIES, STUDY_LEVELS, copies_around, eval_split, in_target_colour, study_set
 from elbo_lib.models.tokenizer import build_tokenizer
@@ -157,6 +159,33 @@ def test_splits_and_studies(tmp_path):
         study_set("bigger", 2, cache_dir=tmp_path)
     with pytest.raises(ValueError, match="unknown toy split"):
         eval_split("toy-train", 2, cache_dir=tmp_path)
+
+
+def test_fresh_splits_are_new_draws_and_pool_into_one_dataset(tmp_path):
+    """toy-fresh-<k>: independent of each other and of toy-val / toy-test (no shared scene), a smaller draw is a
+    prefix of a larger one; the pool keeps every image under its own id and its threshold split is toy-val."""
+    first = {nm: eval_split(nm, 12, cache_dir=tmp_path) for nm in ("toy-val", "toy-test", "toy-fresh-1", "toy-fresh-2")}
+    seen = {}
+    for nm, items in first.items():
+        for it in items:
+            key = it.image.tobytes()
+            assert key not in seen, (nm, seen.get(key))
+            seen[key] = nm
+    more = eval_split("toy-fresh-1", 20, cache_dir=tmp_path)
+    assert [x.caption for x in more[:12]] == [x.caption for x in first["toy-fresh-1"]]
+    np.testing.assert_array_equal(more[11].image, first["toy-fresh-1"][11].image)
+    for bad in ("toy-fresh-0", "toy-fresh-x", "toy-fresh-", "toy-fresh--1"):
+        with pytest.raises(ValueError, match=r"unknown toy split .*toy-fresh-<k> \(k >= 1\)"):
+            eval_split(bad, 2, cache_dir=tmp_path)
+    pool = ToyDataset.pooled(["toy-fresh-1", "toy-fresh-2", "toy-fresh-3"], 5, cache_dir=tmp_path)
+    assert pool.name == "toy-fresh-1+toy-fresh-2+toy-fresh-3" and len(pool) == 15 and len(set(pool.ids)) == 15
+    assert pool.ids[5] == "toy-fresh-2-0000" and pool.load(5).id == "toy-fresh-2-0000"
+    np.testing.assert_array_equal(pool.load(7).image, ToyDataset("toy-fresh-2", 5, cache_dir=tmp_path).load(2).image)
+    assert heldout_default(pool.name) == "toy-val"
+    for names, match in ((["toy-fresh-1"], "two or more"), (["toy-fresh-1", "toy-fresh-1"], "distinct"),
+                         (["toy-val", "toy-test"], "other than toy-val"), (["toy-test", "toy-study-rare"], "study sets")):
+        with pytest.raises(ValueError, match=match):
+            ToyDataset.pooled(names, 2, cache_dir=tmp_path)
 
 
 def test_distractors_in_target_colour_recolours_only_the_copied_object(tmp_path):

@@ -257,6 +257,21 @@ class ToyDataset(SegmentationDataset):
         else:
             self.items = eval_split(name, n or 300, cache_dir=cache_dir)
 
+    @classmethod
+    def pooled(cls, names: list[str], n: int | None = None, cache_dir: Path | None = None) -> "ToyDataset":
+        """The toy splits ``names`` (first ``n`` images of each) as one dataset named ``a+b+...``: one held-out
+        evaluation over all their images (its threshold split stays toy-val)."""
+        if len(names) < 2 or len(set(names)) < len(names) or "toy-val" in names:
+            raise ValueError(f"pool two or more distinct toy splits other than toy-val (the threshold split), "
+                             f"got {names}")
+        parts = [cls(nm, n, cache_dir) for nm in names]
+        if any(p.study_label or nm.startswith("toy-study-") for p, nm in zip(parts, names)):
+            raise ValueError(f"pool evaluation splits (toy-test, toy-fresh-<k>), not study sets: {names}")
+        pool = parts[0]
+        pool.name = "+".join(names)
+        pool.items = [it for p in parts for it in p.items]
+        return pool
+
     @property
     def ids(self) -> list[str]:
         return [it.id for it in self.items]
@@ -307,5 +322,5 @@ def get_dataset(name: str, data_root: str | Path | None = None, cache_dir: Path 
         return ToyDataset(name, cache_dir=cache_dir)
     if name.startswith("folder:"):
         return FolderDataset(name[len("folder:"):])
-    raise ValueError(f"unknown dataset {name!r}; choose from toy-val, toy-test, toy-study-<smaller|occluded|"
+    raise ValueError(f"unknown dataset {name!r}; choose from toy-val, toy-test, toy-fresh-<k>, toy-study-<smaller|occluded|"
                      f"distractors|rare|{TARGET_COLOUR_STUDY}>, {', '.join(DATASETS)}, folder:<path>")

@@ -20,6 +20,7 @@ from ..paths import CACHE_DIR, atomic_write
 from .world import COLOURS, RARE_SHAPE, Scene, ToyObject, WorldConfig, make_caption, render, sample_scene, shape_mask
 
 SPLITS = {"toy-val": 1, "toy-test": 2}
+FRESH = "toy-fresh-"  # toy-fresh-<k>, k >= 1: further splits like toy-test, each drawn with its own seed
 STUDIES = ("smaller", "occluded", "distractors", "rare")
 
 
@@ -75,16 +76,26 @@ def _cached(name: str, build, cache_dir: Path | None, **key) -> list[ToyItem]:
     return items
 
 
+def split_seed(name: str) -> list[int]:
+    """The generator seed of a toy split: toy-val's and toy-test's fixed ones, or toy-fresh-<k>'s (k >= 1), a
+    sequence no other split or training run uses, so the fresh splits are independent draws."""
+    if name in SPLITS:
+        return [SPLITS[name], 1000]
+    k = name[len(FRESH):]
+    if name.startswith(FRESH) and k.isdigit() and int(k) >= 1:
+        return [int(k), 2000]
+    raise ValueError(f"unknown toy split {name!r}; choose from {list(SPLITS)} or {FRESH}<k> (k >= 1)")
+
+
 def eval_split(name: str = "toy-test", n: int = 300, world: WorldConfig = WorldConfig(),
                cache_dir: Path | None = None) -> list[ToyItem]:
-    """``toy-val`` / ``toy-test``: scenes from the training distribution with their own seeds."""
-    if name not in SPLITS:
-        raise ValueError(f"unknown toy split {name!r}; choose from {list(SPLITS)}")
+    """``toy-val`` / ``toy-test`` / ``toy-fresh-<k>``: scenes from the training distribution with their own seeds."""
+    seed = split_seed(name)
     if n < 1:
         raise ValueError(f"split size must be >= 1, got {n}")
 
     def build():
-        rng = np.random.default_rng([SPLITS[name], 1000])
+        rng = np.random.default_rng(seed)
         out = []
         for i in range(n):
             s = sample_scene(world, rng)
