@@ -221,6 +221,7 @@ def run_scheduled(entries: list[Entry], run_one: Callable[[Entry], None], jobs: 
     if jobs < 1:
         raise ValueError(f"jobs must be a whole number >= 1, got {jobs}")
     shared, last = [e for e in entries if not e.alone], [e for e in entries if e.alone]
+    jobs = min(jobs, max(1, len(shared)))  # a lone notebook keeps every core
     if jobs == 1:
         for e in shared + last:
             run_one(e)

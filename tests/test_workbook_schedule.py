@@ -122,3 +122,11 @@ def test_notebooks_that_may_run_together_measure_nothing_in_common(quick):
             assert made, (a, b, key)
             shared_checked += 1
     assert shared_checked  # e.g. Tables III and IV both read Table II's superset
+
+
+def test_a_single_notebook_keeps_every_core(monkeypatch):
+    monkeypatch.setattr(workbook, "cores", lambda: 4)
+    monkeypatch.setenv("OMP_NUM_THREADS", "4")
+    run_one, log = _recorder()
+    run_scheduled([e for e in NOTEBOOKS if e.name == "effect_size"], run_one, jobs=2)
+    assert [(n, th) for k, n, th, _ in log if k == "start"] == [("effect_size", "4")]
