@@ -222,3 +222,31 @@ def test_notebooks_are_written_clean(tmp_path):
         assert "widgets" not in committed.metadata, path.name
         assert not any(workbook.WIDGET_VIEW in o.get("data", {}) for c in committed.cells if c.cell_type == "code"
                        for o in c.outputs), path.name
+
+
+def test_index_verdict_is_computed_from_the_mechanism_and_effect_tables(tmp_path):
+    assert workbook.verdict(tmp_path) == ""  # no mechanism run: no paragraph
+    models = ["data/a", "data/b"]
+    rows = []
+    for m, (lo, hi) in zip(models, ((-0.2, 0.1), (0.05, 0.3))):
+        rows += [{"model": m, "x": "S", "y": "iou", "rho": (lo + hi) / 2, "ci95": f"[{lo:+.3f}, {hi:+.3f}]"},
+                 {"model": m, "x": "elbo_loss_a", "y": "elbo_loss_b", "rho": 0.7, "ci95": "[+0.600, +0.800]"}]
+    pd.DataFrame(rows).to_csv(tmp_path / "mechanism_correlation.csv", index=False)
+    pd.DataFrame([{"model": m, "variant": v, "minus none": g} for m in models for v, g in
+                  (("ELBO S", 0.004), ("S permuted within image", 0.009), ("oracle (per-image best on grid)", 0.07))]
+                 ).to_csv(tmp_path / "mechanism.csv", index=False)
+    pd.DataFrame({"model": models, "own-object mass": [0.073, 0.2], "uniform baseline": [0.058, 0.05]}).to_csv(
+        tmp_path / "mechanism_self_attention.csv", index=False)
+    pd.DataFrame([{"model": m, "maps": "uncalibrated", "bucket": 0, "refined minus not": d} for m, d in
+                  zip(models, (-0.338, 0.02))]).to_csv(tmp_path / "mechanism_refinement.csv", index=False)
+    text = workbook.verdict(tmp_path)
+    assert "holds on **1 of 2**" in text and "-0.05 [-0.200, +0.100], +0.17 [+0.050, +0.300]" in text
+    assert "1.3x, 4.0x chance" in text and "-0.338, +0.020" in text and "Effect size" not in text
+    pd.DataFrame([{"model": m, "split": s, "arm": a, "images": 900, "minus uncalibrated": d, "ci_lo": d - 0.006,
+                   "ci_hi": d + 0.006} for m in models for s in ("toy-fresh-1", "pooled")
+                  for a, d in (("ELBO S (paper)", 0.01), ("constant S=1/3 (Table VIII)", 0.02))]).to_csv(
+        tmp_path / "effect_size.csv", index=False)
+    text = workbook.verdict(tmp_path)
+    assert "Effect size (900 images" in text
+    assert "ELBO S (paper): +0.010 [+0.004, +0.016], +0.010 [+0.004, +0.016]; constant S=1/3" in text
+    assert text in workbook.write_index([], figures=tmp_path)
