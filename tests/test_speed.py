@@ -222,3 +222,26 @@ def test_lever_speed_reports_each_setting_against_the_baseline():
     bf16 = resident_bytes(speed_up(pipe, "bf16"))  # halved but for the float32 VAE (and integer buffers)
     assert vae + (fp32 - vae) / 2 <= bf16 < fp32
     assert (df[["warmup_s", "s_per_image", "attention_s"]] > 0).all().all()  # timings: no order asserted (shared CPU)
+
+
+def test_measurement_cache_is_keyed_by_the_denoisers_precision(tmp_path):
+    """An fp16 / bf16 run and a float32 run on one cache directory never read each other's measurements; float32
+    keeps the key it always had (existing caches stay valid)."""
+    from elbo_lib.datasets import get_dataset
+    from elbo_lib.evaluation import measure_dataset
+    from elbo_lib.evaluation.cache import measurement_caches
+    from elbo_lib.models import denoiser_dtype
+
+    cfg = AlignConfig(elbo_steps=2, attention_steps=2)
+    dirs = {d: measurement_caches(tmp_path, "m", cfg, 0, dtype=d)[0].dir for d in (None, torch.float32, torch.bfloat16)}
+    assert dirs[None] == dirs[torch.float32] != dirs[torch.bfloat16]
+    pipe = tiny_sd_pipeline()
+    assert denoiser_dtype("m", "cpu") == torch.float32 and denoiser_dtype("m", pipe=pipe) == torch.float32
+    ds = get_dataset("toy-test")
+    fp32 = [m for _, m in measure_dataset("m", ds, cfg, 0, 1, cache_dir=tmp_path, pipe=pipe)]
+    low = speed_up(tiny_sd_pipeline(), dtype="bf16")
+    assert denoiser_dtype("m", pipe=low) == torch.bfloat16
+    bf16 = [m for _, m in measure_dataset("m", ds, cfg, 0, 1, cache_dir=tmp_path, pipe=low)]
+    assert not torch.equal(bf16[0].elbo, fp32[0].elbo)  # measured again in bf16, not read from the fp32 entry
+    again = [m for _, m in measure_dataset("m", ds, cfg, 0, 1, cache_dir=tmp_path, pipe=None)]  # fp32 on the CPU
+    assert torch.equal(again[0].elbo, fp32[0].elbo)  # read back: "m" is not a pipeline, nothing could be loaded

@@ -179,11 +179,14 @@ class MeasurementCache:
 
 
 def measurement_caches(cache_dir: str | os.PathLike | None, model: str | os.PathLike, cfg: AlignConfig, seed: int,
-                       baseline=None, nouns_only_elbo: bool = False):
+                       baseline=None, nouns_only_elbo: bool = False, dtype: torch.dtype | None = None):
     """The cache of one measurement over a dataset (``cfg``'s measurement fields, the seed, the method: the
-    Aligner's, or a ``baseline``'s with its ``method`` and ``elbo``); with ``nouns_only_elbo`` (Table IV) also
+    Aligner's, or a ``baseline``'s with its ``method`` and ``elbo``; the denoiser's ``dtype`` unless float32, so
+    an fp16 run and a float32 run never read each other's measurements); with ``nouns_only_elbo`` (Table IV) also
     the cache of the single-noun ELBO variant and its ELBO timestep indices. Returns (cache, noun cache, indices)."""
     settings = {"align": cfg.measurement_key(), "seed": seed, "nouns_only_elbo": False}
+    if dtype is not None and dtype != torch.float32:  # float32 keys stay as they were: existing caches keep
+        settings["dtype"] = str(dtype).removeprefix("torch.")
     method, elbo = (baseline.method, baseline.elbo) if baseline is not None else ("aligner", True)
     if method != "aligner" or not elbo:
         settings.update(method=method, elbo=elbo)

@@ -93,15 +93,16 @@ def survey(ds: SegmentationDataset, n: int) -> list[list[int]]:
 
 def make_plan(model: str | os.PathLike, ds: SegmentationDataset, groups: list[tuple[AlignConfig, object, str]],
               seed: int, n: int, cache_dir=None, device: str = "cpu", nouns_only_elbo: bool = False,
-              processes: int = 1) -> Plan:
+              processes: int = 1, dtype=None) -> Plan:
     """The plan of measuring the first ``n`` images of ``ds`` for each (config, baseline or None, method name) of
-    ``groups`` on a ``device`` type (cpu, cuda, ...) in ``processes`` processes, with the cache as it is now."""
+    ``groups`` on a ``device`` type (cpu, cuda, ...) in ``processes`` processes with the denoiser in ``dtype``
+    (None: float32), with the cache as it is now."""
     class_ids = survey(ds, n)
     ids = ds.ids[:n]
     measurements, rate = [], None
     for cfg, baseline, method in groups:
         cache, noun_cache, noun_idx = measurement_caches(cache_dir, model, cfg, seed, baseline,
-                                                         nouns_only_elbo and baseline is None)
+                                                         nouns_only_elbo and baseline is None, dtype)
         elbo = baseline.elbo if baseline is not None else True
         have = cache.measured_ids(ids)
         have_nouns = noun_cache.measured_ids(ids) if noun_cache is not None else have

@@ -20,7 +20,7 @@ from ..ablations import Variant, paper_config, paper_variants
 from ..aligner import AlignConfig, Aligner
 from ..baselines import Baseline, NotRunnable, get_baseline
 from ..datasets import DATASETS, SegmentationDataset, get_dataset
-from ..models import adapter_for, default_device_dtype, load_pipeline
+from ..models import adapter_for, default_device_dtype, denoiser_dtype, load_pipeline
 from ..timing import denoiser_passes
 from ..tokens import CaptionTooLong, default_caption
 from ..paths import atomic_write_json
@@ -65,7 +65,8 @@ def measure_images(model: str | os.PathLike, dataset: SegmentationDataset, cfg: 
     only). ``skip_cached``: an image whose cache files exist is passed over without reading them (filling the
     cache)."""
     elbo = baseline.elbo if baseline is not None else True
-    cache, noun_cache, noun_idx = measurement_caches(cache_dir, model, cfg, seed, baseline, nouns_only_elbo)
+    cache, noun_cache, noun_idx = measurement_caches(cache_dir, model, cfg, seed, baseline, nouns_only_elbo,
+                                                     denoiser_dtype(model, device, pipe))
     aligner = None
     for i in tqdm(indices, desc=(desc or f"measure {dataset.name}") + procs.label(), disable=not procs.is_main):
         sample = dataset.load(i)
@@ -412,7 +413,8 @@ def _prepare(model, ds: SegmentationDataset, groups, seed: int, source: Source, 
         dev_type = adapter_for(pipe).device.type if pipe is not None else default_device_dtype(device)[0]
         n = len(ds) if source.limit is None else min(source.limit, len(ds))
         plan = make_plan(model, ds, [(g[0], g[1], g[3]) for g in groups], seed, n, source.cache_dir,
-                         dev_type.split(":")[0], source.nouns_only_elbo, procs.count)
+                         dev_type.split(":")[0], source.nouns_only_elbo, procs.count,
+                         denoiser_dtype(model, device, pipe))
         print(plan.line(), flush=True)
         if plan.to_measure:
             pipe = pipe if pipe is not None else load_pipeline(model, device=device)
@@ -423,7 +425,8 @@ def _prepare(model, ds: SegmentationDataset, groups, seed: int, source: Source, 
         if procs.is_main:
             for g in groups:
                 for cache in measurement_caches(source.cache_dir, model, g[0], seed, g[1],
-                                                source.nouns_only_elbo and g[1] is None)[:2]:
+                                                source.nouns_only_elbo and g[1] is None,
+                                                denoiser_dtype(model, device, pipe))[:2]:
                     if cache is not None:
                         cache.write_settings()
         procs.barrier()

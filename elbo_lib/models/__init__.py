@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import warnings
 from pathlib import Path
 
 import torch
@@ -46,10 +47,20 @@ def pipeline_class_name(model: str | os.PathLike) -> str | None:
 
     index = Path(model) / "model_index.json"
     try:
-        config = json.loads(index.read_text()) if index.exists() else DiffusionPipeline.load_config(str(model))
+        with _hub_deprecations_quiet():
+            config = json.loads(index.read_text()) if index.exists() else DiffusionPipeline.load_config(str(model))
     except (OSError, ValueError):
         return None
     return config.get("_class_name")
+
+
+@contextlib.contextmanager
+def _hub_deprecations_quiet():
+    """diffusers 0.42 passes huggingface_hub an argument it has deprecated (``local_dir_use_symlinks``); the warning
+    says nothing about the user's call, so it is not shown."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The `local_dir_use_symlinks` argument is deprecated")
+        yield
 
 
 @contextlib.contextmanager
@@ -94,7 +105,7 @@ def load_pipeline(model: str | os.PathLike = "data/toy-sd", device: str | None =
         index = json.loads((path / "model_index.json").read_text())
         kwargs = {**{k: None for k, v in index.items() if v == [None, None]}, **kwargs}
     try:
-        with _no_loading_bars():
+        with _no_loading_bars(), _hub_deprecations_quiet():
             pipe = DiffusionPipeline.from_pretrained(str(model), dtype=component_dtypes(dtype), **kwargs)
     except (OSError, ValueError) as e:
         if path.exists():
@@ -107,6 +118,16 @@ def load_pipeline(model: str | os.PathLike = "data/toy-sd", device: str | None =
     adapter_for(pipe)  # unsupported families fail here, with the supported list
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
+
+
+def denoiser_dtype(model: str | os.PathLike, device: str | None = None, pipe=None) -> torch.dtype:
+    """The denoiser's precision for a run: ``pipe``'s when it is given (after ``speed_up``, say), else the one
+    ``load_pipeline(model, device)`` picks (fp32 on a CPU; the family's CUDA dtype on CUDA), without loading."""
+    if pipe is not None:
+        return adapter_for(pipe).denoiser.dtype
+    name = pipeline_class_name(model)
+    adapter = adapter_class(name) if name else None
+    return default_device_dtype(device, None, adapter.cuda_dtype if adapter else torch.float16)[1]
 
 
 def component_dtypes(dtype: torch.dtype) -> torch.dtype | dict:
