@@ -2,18 +2,19 @@
 # # Effect size — how much ELBO calibration helps in the toy world, to +/-0.01
 # Table II / III's calibration gains on `toy-test` (200 images) have intervals about +/-0.012 wide, and a fresh
 # draw from the same toy distribution moved the estimate by +0.02: one split cannot decide "helps" or "does not
-# help". Here each toy model's official configuration (the paper's rows; `paper_config`) is evaluated on three
-# further splits drawn with their own seeds (`toy-fresh-1..3`, never used before: not for training, thresholds or
-# any other table), each scored alone and then pooled. The threshold is held out on `toy-val` as everywhere (its
+# help". Here each toy model's official configuration (the paper's rows; `paper_config`) is evaluated on three or
+# more further splits drawn with their own seeds (`toy-fresh-<k>`, never used before: not for training, thresholds
+# or any other table), each scored alone and then pooled. `make effect-size` gives `data/toy-sd` nine splits: its
+# constant-S arm varies most between splits (+/-0.017 on three). The threshold is held out on `toy-val` as everywhere (its
 # first `n_per_split` images; the pool's on min(pooled images, 300), the same 300 at full size).
 # Rows: held-out mIoU minus the uncalibrated maps', paired over images, 95% bootstrap interval; for the ELBO's S
 # (Table II / III) and for a constant S = 1/3 (Table VIII's best fixed row).
-# `make reproduce` leaves this notebook out (about 25 minutes on 2 CPU cores at full size; figures/README.md
+# `make reproduce` leaves this notebook out (about 30 minutes on 2 CPU cores at full size; figures/README.md
 # gives its last run's time): run it with `make effect-size`.
 
 # %% tags=["parameters"]
 models = ["data/toy-sd", "data/toy-sd-v", "data/toy-sd3"]
-splits = ["toy-fresh-1", "toy-fresh-2", "toy-fresh-3"]
+splits = ["toy-fresh-1", "toy-fresh-2", "toy-fresh-3"]  # or {model: [splits]}, more where an arm is noisier
 n_per_split = 10
 seed = 0
 device = None
@@ -32,13 +33,16 @@ import seaborn as sns
 from elbo_lib.datasets import ToyDataset
 
 POOLED = "pooled"
+if isinstance(models, str):  # one model named on the command line
+    models = [models]
+splits = splits if isinstance(splits, dict) else {m: list(splits) for m in models}
 ARMS = {"ELBO S (paper)": {}, "constant S=1/3 (Table VIII)": {"fixed_score": 1 / 3}}
 rows = []
 for model in models:
     cfg = ex.paper_config(model)
     variants = [ex.variant(name, cfg, **kw) for name, kw in ARMS.items()]
-    for split in splits + [POOLED]:
-        ds = ToyDataset.pooled(splits, n_per_split) if split == POOLED else ToyDataset(split, n_per_split)
+    for split in splits[model] + [POOLED]:
+        ds = ToyDataset.pooled(splits[model], n_per_split) if split == POOLED else ToyDataset(split, n_per_split)
         # the threshold split: toy-val's first n_per_split images (all 300 at full size, for the pool too)
         m = ex.run(variants, model, ds, cfg=cfg, limit=None if split == POOLED else n_per_split, seed=seed,
                    n_boot=n_boot, device=device)
@@ -74,9 +78,10 @@ print(summary.round(3).to_string(index=False))
 ex.check("effect_size", globals(), table=tab)
 
 # %%
-fig, axes = plt.subplots(1, len(models), figsize=(4.2 * len(models), 3.2), sharex=True, squeeze=False)
-order = splits + [POOLED]
+fig, axes = plt.subplots(1, len(models), figsize=(4.2 * len(models), 1.2 + 0.35 * max(map(len, splits.values()))),
+                         sharex=True, squeeze=False)
 for ax, (model, g) in zip(axes[0], tab.groupby("model", sort=False)):
+    order = splits[model] + [POOLED]
     for k, (arm, a) in enumerate(g.groupby("arm", sort=False)):
         a = a.set_index("split").loc[order]
         y = [i + 0.15 * (k - 0.5) for i in range(len(order))]
