@@ -43,9 +43,8 @@ for model in models:
     variants = [ex.variant(name, cfg, **kw) for name, kw in ARMS.items()]
     for split in splits[model] + [POOLED]:
         ds = ToyDataset.pooled(splits[model], n_per_split) if split == POOLED else ToyDataset(split, n_per_split)
-        # the threshold split: toy-val's first n_per_split images (all 300 at full size, for the pool too)
-        m = ex.run(variants, model, ds, cfg=cfg, limit=None if split == POOLED else n_per_split, seed=seed,
-                   n_boot=n_boot, device=device)
+        # the threshold split: toy-val's first `limit` images (all 300 at full size, for the pool too)
+        m = ex.run(variants, model, ds, cfg=cfg, limit=len(ds), seed=seed, n_boot=n_boot, device=device)
         base = m["variants"]["uncalibrated"]["heldout"]["miou"]
         for name in ARMS:
             h = m["variants"][name]["heldout"]
