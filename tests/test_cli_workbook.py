@@ -109,10 +109,11 @@ def test_workbook_index(tmp_path):
     assert all(workbook.selected(e, None, quick=True) for e in workbook.NOTEBOOKS)  # make notebooks remakes all
     assert [e.name for e in workbook.NOTEBOOKS if workbook.selected(e, ["effect_size"])] == ["effect_size"]
     assert not any(f.dataset.startswith("toy-fresh") for f in workbook.notebook_fills())
-    sized = workbook.notebook_fills(["effect_size"])  # its own run: 3 splits + toy-val per toy model, paper config
-    assert {(f.dataset, f.limit, f.paper) for f in sized} == {
-        (d, 300, True) for d in ("toy-fresh-1", "toy-fresh-2", "toy-fresh-3", "toy-val")}
-    assert {f.model for f in sized} == {"data/toy-sd", "data/toy-sd-v", "data/toy-sd3"}
+    sized = workbook.notebook_fills(["effect_size"])  # its own run: the splits + toy-val per toy model, paper config
+    fresh = {m: {f.dataset for f in sized if f.model == m} - {"toy-val"} for m in workbook.EFFECT_SPLITS}
+    assert fresh == {m: set(s) for m, s in workbook.EFFECT_SPLITS.items()}
+    assert len(fresh["data/toy-sd"]) == 9 and len(fresh["data/toy-sd-v"]) == len(fresh["data/toy-sd3"]) == 3
+    assert {(f.limit, f.paper) for f in sized} == {(300, True)} and {f.dataset for f in sized} >= {"toy-val"}
     assert (tmp_path / "README.md").read_text() == md
     for e in workbook.NOTEBOOKS:
         assert (ROOT / "notebooks" / f"{e.name}.ipynb").exists()
@@ -247,6 +248,6 @@ def test_index_verdict_is_computed_from_the_mechanism_and_effect_tables(tmp_path
                   for a, d in (("ELBO S (paper)", 0.01), ("constant S=1/3 (Table VIII)", 0.02))]).to_csv(
         tmp_path / "effect_size.csv", index=False)
     text = workbook.verdict(tmp_path)
-    assert "Effect size (900 images" in text
+    assert "Effect size (held-out mIoU minus uncalibrated on 900, 900 images" in text
     assert "ELBO S (paper): +0.010 [+0.004, +0.016], +0.010 [+0.004, +0.016]; constant S=1/3" in text
     assert text in workbook.write_index([], figures=tmp_path)
