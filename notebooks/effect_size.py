@@ -35,14 +35,14 @@ from elbo_lib.datasets import ToyDataset
 POOLED = "pooled"
 if isinstance(models, str):  # one model named on the command line
     models = [models]
-splits = splits if isinstance(splits, dict) else {m: list(splits) for m in models}
+model_splits = splits if isinstance(splits, dict) else {m: list(splits) for m in models}
 ARMS = {"ELBO S (paper)": {}, "constant S=1/3 (Table VIII)": {"fixed_score": 1 / 3}}
 rows = []
 for model in models:
     cfg = ex.paper_config(model)
     variants = [ex.variant(name, cfg, **kw) for name, kw in ARMS.items()]
-    for split in splits[model] + [POOLED]:
-        ds = ToyDataset.pooled(splits[model], n_per_split) if split == POOLED else ToyDataset(split, n_per_split)
+    for split in model_splits[model] + [POOLED]:
+        ds = ToyDataset.pooled(model_splits[model], n_per_split) if split == POOLED else ToyDataset(split, n_per_split)
         # the threshold split: toy-val's first `limit` images (all 300 at full size, for the pool too)
         m = ex.run(variants, model, ds, cfg=cfg, limit=len(ds), seed=seed, n_boot=n_boot, device=device)
         base = m["variants"]["uncalibrated"]["heldout"]["miou"]
@@ -77,10 +77,10 @@ print(summary.round(3).to_string(index=False))
 ex.check("effect_size", globals(), table=tab)
 
 # %%
-fig, axes = plt.subplots(1, len(models), figsize=(4.2 * len(models), 1.2 + 0.35 * max(map(len, splits.values()))),
+fig, axes = plt.subplots(1, len(models), figsize=(4.2 * len(models), 1.2 + 0.35 * max(map(len, model_splits.values()))),
                          sharex=True, squeeze=False)
 for ax, (model, g) in zip(axes[0], tab.groupby("model", sort=False)):
-    order = splits[model] + [POOLED]
+    order = model_splits[model] + [POOLED]
     for k, (arm, a) in enumerate(g.groupby("arm", sort=False)):
         a = a.set_index("split").loc[order]
         y = [i + 0.15 * (k - 0.5) for i in range(len(order))]
