@@ -320,6 +320,11 @@ def _evaluated(model: str, dataset: str, limit, methods=("aligner",), image_list
                  else str(lst), **kw) for d in names for m in methods]
 
 
+def _superset_run(p: dict, **kw) -> list[Fill]:
+    """What one ``ex.run`` of a single-dataset ablation notebook (parameters ``p``) measures."""
+    return _evaluated(p["model"], p["dataset"], p["limit"], image_lists=p.get("image_lists"), **kw)
+
+
 # each notebook's measurements from its parameters, as its cells make them (Fig. 1's toy studies, Table V's
 # generations, Fig. 6's edits and the cost timings are left to the notebooks: small, or not measurements)
 FILLS: dict[str, Callable[[dict], list[Fill]]] = {
@@ -330,13 +335,11 @@ FILLS: dict[str, Callable[[dict], list[Fill]]] = {
     "table3_models": lambda p: [f for m in p["models"] for f in _evaluated(
         m, p["dataset"], p["limit"], image_lists=p.get("image_lists"),
         paper=m != TOY_DEFAULT)],  # the toy default: Table II's superset
-    "table4_noun_phrases": lambda p: _evaluated(p["model"], p["dataset"], p["limit"], image_lists=p.get("image_lists"),
-                                                nouns_only=True),
-    "table6_elbo_timesteps": lambda p: _evaluated(p["model"], p["dataset"], p["limit"], image_lists=p.get("image_lists")),
-    "table7_elbo_sampling": lambda p: _evaluated(p["model"], p["dataset"], p["limit"], image_lists=p.get("image_lists")),
-    "table8_fixed_score": lambda p: _evaluated(p["model"], p["dataset"], p["limit"], image_lists=p.get("image_lists")),
-    "table9_attention_timesteps": lambda p: _evaluated(p["model"], p["dataset"], p["limit"],
-                                                       image_lists=p.get("image_lists")),
+    "table4_noun_phrases": lambda p: _superset_run(p, nouns_only=True),
+    "table6_elbo_timesteps": _superset_run,
+    "table7_elbo_sampling": _superset_run,
+    "table8_fixed_score": _superset_run,
+    "table9_attention_timesteps": _superset_run,
     "fig7_gamma": lambda p: [f for d in p["datasets"] for f in _evaluated(p["model"], d, p["limit"],
                                                                           image_lists=p.get("image_lists"))],
     "mechanism": lambda p: [Fill(m, p["dataset"], p["limit"], paper=m != TOY_DEFAULT)  # no threshold split
